@@ -1,0 +1,48 @@
+# Two entry points on a fresh Linux machine with Python 3.11:
+#   make serve   -- venv + pinned install + checkpoints (downloaded if missing) + `bentoml serve`
+#   make test    -- venv + pinned install + the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+CHECKPOINTS ?= $(or $(SADTALKER_CHECKPOINTS),checkpoints)
+SIZE ?= 256
+PORT ?= 3000
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test test-slow lint checkpoints verify bench clean-venv
+
+install: $(STAMP)
+
+# Reinstall whenever the lock changes. --no-deps: the lock is complete, so pip must not re-resolve.
+$(STAMP): requirements.lock requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+checkpoints: $(STAMP)
+	$(PY) -m sadtalker.checkpoints download --dir $(CHECKPOINTS) --size $(SIZE)
+
+verify: $(STAMP)
+	$(PY) -m sadtalker.checkpoints verify --dir $(CHECKPOINTS) --size $(SIZE)
+
+serve: checkpoints
+	SADTALKER_CHECKPOINTS=$(CHECKPOINTS) $(VENV)/bin/bentoml serve service:SadTalkerService --host 0.0.0.0 --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/render.py
+	$(PY) bench/pipeline.py
+
+clean-venv:
+	rm -rf $(VENV)
