@@ -1,0 +1,166 @@
+"""Conformance runner: run our pipeline stage by stage on a reference case and save every intermediate array.
+
+    python -m sadtalker.conformance --case CASE_DIR --checkpoints CKPT_DIR --out OUT.npz [--frames K]
+
+A case folder holds the source image, a 16 kHz wav, ``case.json`` (the run's parameters) and ``inputs.npz`` (the
+injected inputs only: ``lm68_orig``, ``lm68_crop``, ``blink_ratio``, ``audio2pose_z``).  The output uses the
+array names and shapes of the reference kit's ``golden.npz`` so the two can be compared key by key.  The runner
+never reads a golden file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sadtalker.audio import compute_audio_features
+from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
+from sadtalker.face.pipeline import prepare_source
+from sadtalker.media import load_audio, load_image
+from sadtalker.motion.coefficients import predict_motion
+from sadtalker.options import GenerateOptions
+from sadtalker.pipeline import SadTalker
+from sadtalker.render.renderer import frames_to_uint8
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Case:
+    directory: Path
+    image: Path
+    audio: Path
+    options: GenerateOptions
+    rendered_frames: int
+    meta: dict
+    inputs: dict[str, np.ndarray]
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Case:
+        directory = Path(directory)
+        meta = json.loads((directory / "case.json").read_text())
+        with np.load(directory / "inputs.npz") as data:
+            inputs = {key: data[key] for key in data.files}
+        options = GenerateOptions(
+            preprocess=meta["preprocess"],
+            still=bool(meta["still"]),
+            enhancer="none",
+            size=int(meta["size"]),
+            pose_style=int(meta["pose_style"]),
+            expression_scale=float(meta["expression_scale"]),
+            batch_size=int(meta.get("batch_size", 2)),
+            seed=int(meta.get("seed", 0)),
+        )
+        return cls(
+            directory=directory,
+            image=directory / meta["image"],
+            audio=directory / meta["audio"],
+            options=options,
+            rendered_frames=int(meta.get("rendered_frames", 3)),
+            meta=meta,
+            inputs=inputs,
+        )
+
+
+def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[str, np.ndarray]:
+    """Every stage's output for ``case`` under the reference kit's names."""
+    options = case.options
+    out: dict[str, np.ndarray] = {}
+    image = load_image(case.image)
+    face = prepare_source(
+        image,
+        preprocess=options.preprocess,
+        size=options.size,
+        recon_net=talker.models[options.size].recon,
+        landmarks=case.inputs["lm68_orig"],
+        crop_landmarks=case.inputs["lm68_crop"],
+    )
+    out.update(face.conformance_arrays())
+    out["recon_input_tensor_sum"] = np.float32((face.aligned.image_224 / 255.0).astype(np.float32).sum())
+
+    features = compute_audio_features(load_audio(case.audio))
+    out.update(wav_16k=features.wav, mel=features.mel, indiv_mels=features.indiv_mels)
+    models = talker.models[options.size]
+    motion = predict_motion(
+        features,
+        face.source_coeff,
+        pose_style=options.pose_style,
+        audio2exp=models.audio2exp,
+        audio2pose=models.audio2pose,
+        still=options.still,
+        blink_ratio=case.inputs["blink_ratio"],
+        pose_noise=case.inputs["audio2pose_z"],
+    )
+    out.update(motion.arrays())
+    out["ref_coeff_70"] = face.source_coeff[0, :70]
+
+    semantics = talker.semantics(motion, face, options)
+    num_frames = semantics.num_frames
+    out["source_semantics"] = semantics.source.numpy()
+    out["target_semantics"] = semantics.target.numpy()
+    # The original's batched layout: (batch, ceil(T / batch), C, 27).
+    out["target_semantics_batched_shape"] = np.array(
+        [options.batch_size, math.ceil(num_frames / options.batch_size), *semantics.target.shape[1:]], dtype=np.int64
+    )
+
+    renderer = talker.renderer(options)
+    source_image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+    out["source_image_float"] = source_image[0].permute(1, 2, 0).numpy()
+    count = min(frames if frames is not None else case.rendered_frames, num_frames)
+    source = renderer.prepare_source(source_image, semantics.source)
+    driving = renderer.drive(source, semantics.target[:count])
+    rendered = renderer.render_frames(source, driving)
+    out["kp_canonical"] = source.kp_canonical[0].cpu().numpy()
+    out["kp_source"] = source.kp_source[0].cpu().numpy()
+    out["kp_driving"] = driving.kp_driving.cpu().numpy()
+    for name in ("yaw", "pitch", "roll", "t", "exp"):
+        out[f"mapping_source_{name}"] = getattr(source.pose, name)[0].cpu().numpy()
+        out[f"mapping_driving_{name}"] = getattr(driving.pose, name).cpu().numpy()
+    out["render_float0"] = rendered[0].cpu().numpy()
+    uint8 = frames_to_uint8(rendered).cpu().numpy()
+    out["render_uint8"] = uint8
+    video_frame0 = aspect_resize(uint8[:1], face.crop.crop_info_size_wh)[0]
+    out["video_frame0_uint8"] = video_frame0
+    if options.preprocess == "full":
+        box = PasteBox(*face.crop.paste_box_xyxy)
+        out["paste_full_frame0"] = paste_frame(video_frame0, image, box)
+        out["paste_src_hw"] = np.array([box.height, box.width], dtype=np.int64)
+        out["paste_center_xy"] = np.array(box.center, dtype=np.int64)
+    out["meta_json"] = np.array(json.dumps(case.meta))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", required=True, help="case folder (image, wav, case.json, inputs.npz)")
+    parser.add_argument("--checkpoints", required=True, help="checkpoint directory")
+    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("--frames", type=int, default=None, help="frames to render (default: case.json's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    case = Case.read(args.case)
+    started = time.perf_counter()
+    talker = SadTalker(
+        args.checkpoints, args.device, sizes=(case.options.size,), enhancer=False, face_detection=False
+    )
+    arrays = run_case(case, talker, args.frames)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    logger.info("wrote %d arrays to %s in %.1f s", len(arrays), out, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Portrait + speech -> finished mp4: the stages chained, models loaded once, frames streamed to the encoder.
+
+    talker = SadTalker("checkpoints", device="cuda")
+    talker.generate("face.png", "speech.wav", "output/clip.mp4", preset="full")
+
+Data flow (one module per stage): media (decode inputs) -> face (crop, align, 3DMM) -> audio (mel windows)
+-> motion (expression, pose, blink) -> render (keypoints, warping, generator) -> compose (paste-back,
+enhancer) -> video (encode + mux).  Rendering, composing and encoding run chunk by chunk, so memory does not
+grow with the audio length.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sadtalker.audio import FPS, AudioFeatures, compute_audio_features
+from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
+from sadtalker.errors import InputError
+from sadtalker.face.crop import FaceCrop, crop_face
+from sadtalker.face.detect import FaceLandmarker
+from sadtalker.face.pipeline import SourceFace, prepare_source
+from sadtalker.media import load_audio, load_image
+from sadtalker.models import CROP_COEFFS, FULL_COEFFS, SizeModels, load_size_models
+from sadtalker.motion.coefficients import MotionResult, predict_motion
+from sadtalker.options import GenerateOptions, Preset
+from sadtalker.render.renderer import Renderer, frames_to_uint8
+from sadtalker.render.windows import RenderSemantics, build_semantics
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, float], None]
+"""Called as ``progress(stage, fraction_of_whole_job)``; stage names are listed in ``STAGES``."""
+
+# Share of the whole job's time each stage takes on a GPU (rendering and enhancing dominate); used to report a
+# single monotonic progress fraction.
+STAGES: dict[str, float] = {"inputs": 0.02, "face": 0.03, "motion": 0.03, "render": 0.92}
+DEFAULT_MAX_AUDIO_SECONDS = 600.0
+
+
+def landmarks_in_crop(crop: FaceCrop, landmarks: np.ndarray) -> np.ndarray:
+    """Original-image landmarks (68, 2) expressed in the S x S crop (what the original's second detection finds)."""
+    geometry = crop.geometry
+    if geometry is None:  # resize: the crop is the whole image
+        scale = np.array([crop.size / crop.image_size_wh[0], crop.size / crop.image_size_wh[1]])
+        return (landmarks * scale).astype(np.float32)
+    resize = np.array(geometry.align_rsize_wh, dtype=np.float64) / np.array(crop.image_size_wh, dtype=np.float64)
+    ox1, oy1, ox2, oy2 = geometry.paste_box_xyxy
+    scale = np.array([crop.size / (ox2 - ox1), crop.size / (oy2 - oy1)])
+    return ((landmarks.astype(np.float64) * resize - (ox1, oy1)) * scale).astype(np.float32)
+
+
+@dataclass
+class _Progress:
+    callback: ProgressCallback | None
+    done: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, within: float = 1.0) -> None:
+        before = sum(share for stage, share in STAGES.items() if list(STAGES).index(stage) < list(STAGES).index(name))
+        self.done = before + STAGES[name] * min(max(within, 0.0), 1.0)
+        if self.callback is not None:
+            self.callback(name, round(self.done, 4))
+
+
+def resolve_options(preset: Preset | None, options: GenerateOptions | None) -> GenerateOptions:
+    if options is not None and preset is not None:
+        raise ValueError("give either preset or options, not both")
+    if options is not None:
+        return options
+    return GenerateOptions.preset(preset or "crop")
+
+
+class SadTalker:
+    """Every model loaded once; ``generate`` renders one video per call (not thread-safe: one caller at a time)."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        device: str | torch.device = "cuda",
+        *,
+        sizes: Iterable[int] = (256,),
+        enhancer: bool = True,
+        face_detection: bool = True,
+        max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+    ) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device = torch.device(device)
+        self.max_audio_seconds = max_audio_seconds
+        started = time.perf_counter()
+        self.models: dict[int, SizeModels] = {
+            size: load_size_models(self.checkpoint_dir, size, self.device, (CROP_COEFFS, FULL_COEFFS))
+            for size in sorted(set(sizes))
+        }
+        self.landmarker = FaceLandmarker(self.checkpoint_dir, self.device) if face_detection else None
+        self.enhancer = None
+        if enhancer:
+            from sadtalker.compose.enhance import FaceEnhancer
+
+            self.enhancer = FaceEnhancer(self.checkpoint_dir, self.device)
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
+            self.device, self.load_seconds, sorted(self.models), enhancer, face_detection,
+        )
+
+    # -- stages -------------------------------------------------------------------------------------------------
+
+    def _size_models(self, options: GenerateOptions) -> SizeModels:
+        try:
+            return self.models[options.size]
+        except KeyError:
+            raise InputError(
+                f"size {options.size} is not loaded (loaded: {sorted(self.models)})", field="size"
+            ) from None
+
+    def prepare_face(
+        self, image: np.ndarray, options: GenerateOptions, landmarks: np.ndarray | None, image_name: str
+    ) -> SourceFace:
+        models = self._size_models(options)
+        crop_landmarks = None
+        if landmarks is not None:
+            landmarks = np.asarray(landmarks, dtype=np.float32)
+            if landmarks.shape != (68, 2):
+                raise InputError(f"landmarks must be 68 [x, y] pairs, got shape {landmarks.shape}", field="landmarks")
+            # The original finds landmarks a second time on the crop; with given landmarks we map them instead.
+            crop = crop_face(image, landmarks, preprocess=options.preprocess, size=options.size)
+            crop_landmarks = landmarks_in_crop(crop, landmarks)
+        return prepare_source(
+            image,
+            preprocess=options.preprocess,
+            size=options.size,
+            recon_net=models.recon,
+            landmarker=self.landmarker,
+            landmarks=landmarks,
+            crop_landmarks=crop_landmarks,
+            image_name=image_name,
+        )
+
+    def predict_motion(
+        self, features: AudioFeatures, face: SourceFace, options: GenerateOptions, seed: int
+    ) -> MotionResult:
+        models = self._size_models(options)
+        return predict_motion(
+            features,
+            face.source_coeff,
+            pose_style=options.pose_style,
+            audio2exp=models.audio2exp,
+            audio2pose=models.audio2pose,
+            still=options.still,
+            blink_rng=random.Random(seed),
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def semantics(self, motion: MotionResult, face: SourceFace, options: GenerateOptions) -> RenderSemantics:
+        return build_semantics(
+            torch.from_numpy(motion.coeff_pred_70),
+            torch.from_numpy(face.source_coeff),
+            full=options.coeff_nc == FULL_COEFFS,
+            still=options.still,
+            expression_scale=options.expression_scale,
+        )
+
+    def renderer(self, options: GenerateOptions) -> Renderer:
+        return self._size_models(options).renderers[options.coeff_nc]
+
+    def render_frames(
+        self, face: SourceFace, semantics: RenderSemantics, options: GenerateOptions
+    ) -> Iterator[np.ndarray]:
+        """Rendered crops as (B, S, S, 3) uint8 batches, in order."""
+        image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+        for batch in self.renderer(options).render(image, semantics.source, semantics.target, options.batch_size):
+            yield frames_to_uint8(batch).cpu().numpy()
+
+    def compose(
+        self, frames: np.ndarray, image: np.ndarray, face: SourceFace, options: GenerateOptions
+    ) -> np.ndarray:
+        """Rendered crops -> output frames: aspect resize, paste into the photo (full), then enhance."""
+        out = aspect_resize(frames, face.crop.crop_info_size_wh)
+        if options.preprocess == "full":
+            box = PasteBox(*face.crop.paste_box_xyxy)
+            out = np.stack([paste_frame(frame, image, box) for frame in out])
+        if options.enhancer == "gfpgan":
+            if self.enhancer is None:
+                raise InputError("the gfpgan enhancer is not loaded on this instance", field="enhancer")
+            out = np.asarray(self.enhancer.enhance(out))
+        return out
+
+    # -- whole job ----------------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        source_image: str | Path,
+        driven_audio: str | Path,
+        output_path: str | Path,
+        *,
+        preset: Preset | None = None,
+        options: GenerateOptions | None = None,
+        landmarks: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        temp_dir: str | Path | None = None,
+    ) -> Path:
+        """Render one talking-head video to ``output_path`` (written under a temporary name, then renamed).
+
+        Raises ``InputError`` subclasses (with ``.field``) for unusable inputs and ``RenderError`` when
+        encoding fails; no partial output file is left behind either way.
+        """
+        from sadtalker.video import VideoWriter
+
+        options = resolve_options(preset, options)
+        seed = options.seed if options.seed is not None else secrets.randbits(31)
+        output_path = Path(output_path)
+        tracker = _Progress(progress)
+        started = time.perf_counter()
+
+        tracker.stage("inputs", 0.0)
+        image = load_image(source_image)
+        wav = load_audio(driven_audio, max_seconds=self.max_audio_seconds)
+        features = compute_audio_features(wav)
+        tracker.stage("face", 0.0)
+        face = self.prepare_face(image, options, landmarks, Path(source_image).name)
+        tracker.stage("motion", 0.0)
+        motion = self.predict_motion(features, face, options, seed)
+        semantics = self.semantics(motion, face, options)
+        tracker.stage("render", 0.0)
+        total = features.num_frames
+        logger.info(
+            "rendering %d frames (%.2f s of audio) %s seed=%d", total, total / FPS, options, seed
+        )
+        written = 0
+        with VideoWriter(output_path, audio=features.wav, fps=FPS, temp_dir=temp_dir) as writer:
+            for frames in self.render_frames(face, semantics, options):
+                writer.write(self.compose(frames, image, face, options))
+                written += len(frames)
+                tracker.stage("render", written / total)
+        logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)
+        return output_path
