@@ -85,7 +85,8 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
         crop_landmarks=case.inputs["lm68_crop"],
     )
     out.update(face.conformance_arrays())
-    out["recon_input_tensor_sum"] = np.float32((face.aligned.image_224 / 255.0).astype(np.float32).sum())
+    recon_input = (face.aligned.image_224 / 255.0).astype(np.float32)
+    out["recon_input_tensor_sum"] = np.float32(recon_input.sum(dtype=np.float64))
 
     features = compute_audio_features(load_audio(case.audio))
     out.update(wav_16k=features.wav, mel=features.mel, indiv_mels=features.indiv_mels)
