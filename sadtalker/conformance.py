@@ -126,7 +126,9 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
     for name in ("yaw", "pitch", "roll", "t", "exp"):
         out[f"mapping_source_{name}"] = getattr(source.pose, name)[0].cpu().numpy()
         out[f"mapping_driving_{name}"] = getattr(driving.pose, name).cpu().numpy()
-    out["render_float0"] = rendered[0].cpu().numpy()
+    # The reference kit stores this frame as float16 for 512-px cases (README §3); match its dtype.
+    render_float0 = rendered[0].cpu().numpy()
+    out["render_float0"] = render_float0.astype(np.float16) if options.size == 512 else render_float0
     uint8 = frames_to_uint8(rendered).cpu().numpy()
     out["render_uint8"] = uint8
     video_frame0 = aspect_resize(uint8[:1], face.crop.crop_info_size_wh)[0]
