@@ -89,9 +89,17 @@ class SadTalker:
         *,
         sizes: Iterable[int] = (256,),
         enhancer: bool = True,
+        enhancer_upscale: int = 2,
+        enhancer_max_faces: int | None = None,
         face_detection: bool = True,
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
     ) -> None:
+        """Load every network once.
+
+        ``enhancer_upscale`` 2 is what the original does (GFPGANer(upscale=2): enhanced videos are twice the
+        rendered size); ``enhancer_max_faces`` caps the faces GFPGAN restores per frame (largest first; None =
+        all, as the original).
+        """
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = torch.device(device)
         self.max_audio_seconds = max_audio_seconds
@@ -105,7 +113,13 @@ class SadTalker:
         if enhancer:
             from sadtalker.compose.enhance import FaceEnhancer
 
-            self.enhancer = FaceEnhancer(self.checkpoint_dir, self.device)
+            self.enhancer = FaceEnhancer(
+                self.checkpoint_dir,
+                self.device,
+                upscale=enhancer_upscale,
+                max_faces=enhancer_max_faces,
+                detector=self.landmarker.detector if self.landmarker is not None else None,  # share RetinaFace
+            )
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
@@ -181,7 +195,12 @@ class SadTalker:
             yield frames_to_uint8(batch).cpu().numpy()
 
     def compose(
-        self, frames: np.ndarray, image: np.ndarray, face: SourceFace, options: GenerateOptions
+        self,
+        frames: np.ndarray,
+        image: np.ndarray,
+        face: SourceFace,
+        options: GenerateOptions,
+        generator: torch.Generator | None = None,
     ) -> np.ndarray:
         """Rendered crops -> output frames: aspect resize, paste into the photo (full), then enhance."""
         out = aspect_resize(frames, face.crop.crop_info_size_wh)
@@ -191,7 +210,7 @@ class SadTalker:
         if options.enhancer == "gfpgan":
             if self.enhancer is None:
                 raise InputError("the gfpgan enhancer is not loaded on this instance", field="enhancer")
-            out = np.asarray(self.enhancer.enhance(out))
+            out = self.enhancer.enhance(out, generator=generator)
         return out
 
     # -- whole job ----------------------------------------------------------------------------------------------
@@ -235,10 +254,11 @@ class SadTalker:
         logger.info(
             "rendering %d frames (%.2f s of audio) %s seed=%d", total, total / FPS, options, seed
         )
+        enhancer_noise = torch.Generator().manual_seed(seed)  # GFPGAN's decoder noise, as the original draws it
         written = 0
-        with VideoWriter(output_path, audio=features.wav, fps=FPS, temp_dir=temp_dir) as writer:
+        with VideoWriter(output_path, audio=features.wav, num_frames=total, fps=FPS, temp_dir=temp_dir) as writer:
             for frames in self.render_frames(face, semantics, options):
-                writer.write(self.compose(frames, image, face, options))
+                writer.write(self.compose(frames, image, face, options, enhancer_noise))
                 written += len(frames)
                 tracker.stage("render", written / total)
         logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)

@@ -46,7 +46,7 @@ def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, tor
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """Copy ``state`` into ``module``; any missing/unexpected key or shape mismatch raises.
 
-    ``source`` names the file (and prefix) in the error message, e.g. ``"SadTalker_V0.0.2_256.safetensors[generator.]"``.
+    ``source`` names the file (and prefix) in error messages, e.g. ``SadTalker_V0.0.2_256.safetensors[generator.]``.
     """
     expected = module.state_dict()
     problems: list[str] = []

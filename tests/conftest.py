@@ -17,7 +17,9 @@ SHARED = Path(os.environ.get("SADTALKER_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"
 TOOLS = SHARED / "tools"
 GOLDEN_CASES = ("crop_people0_256", "fullstill_full3_256")
-SKIP_NO_SHARED = f"reference kit not found at {SHARED} (set SADTALKER_SHARED, or run where ../shared exists, as CI does)"
+SKIP_NO_SHARED = (
+    f"reference kit not found at {SHARED} (set SADTALKER_SHARED, or run where ../shared exists, as CI does)"
+)
 
 
 @pytest.fixture(scope="session")

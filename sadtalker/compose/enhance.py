@@ -1,0 +1,321 @@
+"""GFPGAN v1.4 face enhancement of output frames, as the original applies it, built from a checkpoint directory.
+
+The original (``src/utils/face_enhancer.py``) runs ``GFPGANer(arch='clean', channel_multiplier=2,
+bg_upsampler=None).enhance(frame, has_aligned=False, only_center_face=False, paste_back=True)`` on every frame:
+RetinaFace finds the faces (score > 0.97, eye distance >= 5 px), each face is warped onto the FFHQ 512x512
+template, restored by GFPGAN, and pasted back through a ParseNet face mask. We run the same steps with
+facexlib's own ``FaceRestoreHelper`` methods, but:
+
+* every network is loaded strictly from ``checkpoint_dir`` (GFPGANer resolves ``gfpgan/weights`` against the
+  working directory and downloads whatever is missing; we never download);
+* the GFPGAN network restores the faces of several frames in one batch;
+* the decoder's noise is explicit. GFPGANer draws fresh N(0, 1) noise for each StyleGAN layer of each face from
+  torch's global RNG. We draw it, in the same order and shapes, from the caller's ``torch.Generator``, so a
+  seeded generator reproduces ``torch.manual_seed(seed)`` + GFPGANer exactly. Without a generator the noise
+  maps stored in the checkpoint are used (deterministic, and the same for every frame: no noise flicker).
+
+Output size: the original passes ``upscale=2`` (frames come back twice as large, the background Lanczos-resized).
+The default here is ``upscale=1``, frames keep their size; ``upscale=2`` reproduces the original.
+When no face is found a frame comes back unchanged (with ``upscale=1``), as with GFPGANer.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from basicsr.utils import img2tensor, tensor2img
+from facexlib.detection.retinaface import RetinaFace
+from facexlib.parsing.parsenet import ParseNet
+from facexlib.utils.face_restoration_helper import FaceRestoreHelper
+from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
+from torchvision.transforms.functional import normalize
+
+from sadtalker.errors import RenderError
+from sadtalker.weights import CheckpointError, load_strict, read_torch
+
+GFPGAN_FILE = "GFPGANv1.4.pth"
+DETECTOR_FILE = "detection_Resnet50_Final.pth"
+PARSER_FILE = "parsing_parsenet.pth"
+FACE_SIZE = 512
+SCORE_THRESHOLD = 0.97  # FaceRestoreHelper.get_face_landmarks_5's detection threshold
+EYE_DIST_THRESHOLD = 5  # GFPGANer.enhance skips faces whose eyes are closer than this (pixels)
+
+
+@dataclass
+class _AlignedFrame:
+    """One frame between alignment and paste-back."""
+
+    bgr: np.ndarray  # (H, W, 3) uint8, the frame as the helper reads it
+    affine_matrices: list[np.ndarray]  # one (2, 3) frame -> 512 template warp per face
+    crops: list[np.ndarray]  # (512, 512, 3) uint8 BGR aligned faces
+
+
+class FaceEnhancer:
+    """GFPGAN v1.4 face restoration for RGB uint8 frames; networks loaded from ``checkpoint_dir`` only.
+
+    Not re-entrant (facexlib's helper keeps per-frame state): calls are serialised by a lock.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        upscale: int = 1,
+        batch_size: int = 4,
+        max_faces: int | None = None,
+        detector: RetinaFace | None = None,
+    ) -> None:
+        """``batch_size``: faces per GFPGAN batch (and frames per detection chunk).
+
+        ``max_faces``: restore at most this many faces per frame, the most confident first (None = all, as
+        GFPGANer). With random (synthetic) weights RetinaFace "finds" hundreds of faces per frame, each costing a
+        GFPGAN pass. ``detector``: an already loaded RetinaFace ResNet-50 (the face stage's) to share.
+        """
+        directory = Path(checkpoint_dir).expanduser()
+        needed = [GFPGAN_FILE, PARSER_FILE] + ([] if detector is not None else [DETECTOR_FILE])
+        missing = [name for name in needed if not (directory / name).is_file()]
+        if missing:
+            raise CheckpointError(f"face enhancer weights not found in {directory}: missing {', '.join(missing)}")
+        if upscale < 1:
+            raise ValueError(f"upscale must be >= 1, got {upscale}")
+        self.device = torch.device(device)
+        self.upscale = upscale
+        self.batch_size = max(1, batch_size)
+        self.max_faces = max_faces
+        self.gfpgan = load_gfpgan(directory / GFPGAN_FILE, self.device)
+        if detector is None:
+            detector = load_detector(directory / DETECTOR_FILE, self.device)
+        self.helper = _RestoreHelper(detector, load_parser(directory / PARSER_FILE, self.device), upscale, self.device)
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------------------------------------- public
+
+    def enhance(
+        self,
+        frames: np.ndarray | Sequence[np.ndarray],
+        *,
+        generator: torch.Generator | None = None,
+        landmarks: Sequence[Sequence[np.ndarray]] | None = None,
+    ) -> np.ndarray:
+        """Restore the faces of RGB uint8 frames ``(T, H, W, 3)``; returns ``(T, H*upscale, W*upscale, 3)``.
+
+        ``generator``: source of the decoder noise (see the module doc); None = the checkpoint's fixed noise.
+        ``landmarks``: per frame, a list of (5, 2) face landmarks (eyes, nose, mouth corners; pixels) to use
+        instead of running the detector (tests inject faces that random weights cannot detect).
+        """
+        frames = list(frames)
+        if landmarks is not None and len(landmarks) != len(frames):
+            raise ValueError(f"{len(landmarks)} landmark lists for {len(frames)} frames")
+        out: list[np.ndarray] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(frames), self.batch_size):
+                chunk = frames[start : start + self.batch_size]
+                chunk_landmarks = None if landmarks is None else landmarks[start : start + self.batch_size]
+                out.extend(self._enhance_chunk(chunk, chunk_landmarks, generator))
+        if not out:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.stack(out)
+
+    def restore_faces(
+        self, crops: Sequence[np.ndarray], *, generator: torch.Generator | None = None
+    ) -> list[np.ndarray]:
+        """GFPGAN on aligned 512x512 BGR uint8 faces, ``batch_size`` at a time; returns restored BGR uint8 faces.
+
+        Pre/post-processing is GFPGANer's: ``img2tensor(face / 255)``, normalise to [-1, 1], and
+        ``tensor2img(min_max=(-1, 1))`` (clamp, rescale, round).
+        """
+        restored: list[np.ndarray] = []
+        # Sub-batches of at most batch_size faces; noise is drawn per face in order, so the split is invisible.
+        for start in range(0, len(crops), self.batch_size):
+            part = crops[start : start + self.batch_size]
+            batch = torch.stack([self._to_tensor(crop) for crop in part]).to(self.device)
+            noise = None if generator is None else decoder_noise(self.gfpgan, len(part), generator)
+            with torch.inference_mode():
+                try:
+                    faces = gfpgan_forward(self.gfpgan, batch, noise)
+                except RuntimeError as exc:  # e.g. out of memory
+                    raise RenderError(f"GFPGAN failed on a batch of {len(part)} faces: {exc}") from exc
+            restored.extend(tensor2img(face, rgb2bgr=True, min_max=(-1, 1)).astype(np.uint8) for face in faces)
+        return restored
+
+    # -------------------------------------------------------------------------------------------- private
+
+    def _enhance_chunk(
+        self,
+        frames: list[np.ndarray],
+        landmarks: Sequence[Sequence[np.ndarray]] | None,
+        generator: torch.Generator | None,
+    ) -> list[np.ndarray]:
+        aligned = [self._align(frame, None if landmarks is None else landmarks[i]) for i, frame in enumerate(frames)]
+        # The faces of the whole chunk go to GFPGAN together, in frame order (GFPGANer's noise draw order).
+        restored = self.restore_faces([crop for frame in aligned for crop in frame.crops], generator=generator)
+        out = []
+        for frame in aligned:
+            faces, restored = restored[: len(frame.crops)], restored[len(frame.crops) :]
+            out.append(np.ascontiguousarray(self._paste(frame, faces)[:, :, ::-1]))
+        return out
+
+    def _align(self, rgb: np.ndarray, landmarks: Sequence[np.ndarray] | None) -> _AlignedFrame:
+        """Find (or take) the faces of one frame and warp them onto the 512 template (GFPGANer's first half)."""
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"frames must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        helper = self.helper
+        helper.clean_all()
+        helper.read_image(np.ascontiguousarray(rgb[:, :, ::-1]))
+        if landmarks is None:
+            helper.get_face_landmarks_5(only_center_face=False, eye_dist_threshold=EYE_DIST_THRESHOLD)
+            if self.max_faces is not None:
+                # Detections come sorted by score, so this keeps the most confident faces.
+                helper.all_landmarks_5 = helper.all_landmarks_5[: self.max_faces]
+        else:
+            # float32, like the detector's landmarks (cv2.estimateAffinePartial2D then sees the same input type).
+            helper.all_landmarks_5 = [np.asarray(points, dtype=np.float32).reshape(5, 2) for points in landmarks]
+        helper.align_warp_face()
+        return _AlignedFrame(helper.input_img, list(helper.affine_matrices), list(helper.cropped_faces))
+
+    def _paste(self, frame: _AlignedFrame, restored: list[np.ndarray]) -> np.ndarray:
+        """Paste restored faces back through the parsing mask (GFPGANer's second half); returns BGR."""
+        helper = self.helper
+        helper.clean_all()
+        helper.read_image(frame.bgr)
+        helper.affine_matrices = list(frame.affine_matrices)
+        helper.cropped_faces = list(frame.crops)
+        for face in restored:
+            helper.add_restored_face(face)
+        helper.get_inverse_affine(None)
+        return helper.paste_faces_to_input_image(upsample_img=None)
+
+    @staticmethod
+    def _to_tensor(crop: np.ndarray) -> torch.Tensor:
+        tensor = img2tensor(crop / 255.0, bgr2rgb=True, float32=True)
+        normalize(tensor, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), inplace=True)
+        return tensor
+
+
+def decoder_noise(net: GFPGANv1Clean, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per-layer decoder noise for ``count`` faces: N(0, 1) drawn face by face, layer by layer.
+
+    That is the order in which GFPGANer's per-face calls draw it from the global RNG (each StyleGAN layer's
+    NoiseInjection calls ``normal_()`` on a ``(1, 1, h, w)`` map), so a generator seeded like the global RNG
+    gives the same maps. Returns one ``(count, 1, h, w)`` tensor per layer, on the network's device.
+    """
+    decoder = net.stylegan_decoder
+    shapes = [getattr(decoder.noises, f"noise{i}").shape for i in range(decoder.num_layers)]
+    device = decoder.noises.noise0.device
+    per_face = [[torch.randn(tuple(shape), generator=generator) for shape in shapes] for _ in range(count)]
+    return [torch.cat([face[layer] for face in per_face]).to(device) for layer in range(len(shapes))]
+
+
+def gfpgan_forward(net: GFPGANv1Clean, faces: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.Tensor:
+    """``GFPGANv1Clean.forward(faces, return_rgb=False)[0]`` with the StyleGAN decoder's noise given explicitly.
+
+    ``noise``: one ``(B or 1, 1, h, w)`` tensor per decoder layer, or None for the noise maps stored in the
+    checkpoint (``randomize_noise=False``). Same operations as the library's forward, minus the intermediate
+    RGB outputs it computes and GFPGANer discards.
+    """
+    feat = F.leaky_relu_(net.conv_body_first(faces), negative_slope=0.2)
+    skips = []
+    for down in net.conv_body_down:
+        feat = down(feat)
+        skips.insert(0, feat)
+    feat = F.leaky_relu_(net.final_conv(feat), negative_slope=0.2)
+    style = net.final_linear(feat.view(feat.size(0), -1))
+    if net.different_w:
+        style = style.view(style.size(0), -1, net.num_style_feat)
+    conditions = []
+    for skip, up, scale, shift in zip(skips, net.conv_body_up, net.condition_scale, net.condition_shift, strict=True):
+        feat = up(feat + skip)
+        # Spatial feature transform parameters for the decoder, one (scale, shift) pair per resolution.
+        conditions.append(scale(feat).clone())
+        conditions.append(shift(feat).clone())
+    image, _ = net.stylegan_decoder(
+        [style], conditions, input_is_latent=net.input_is_latent, noise=noise, randomize_noise=False
+    )
+    return image
+
+
+class _RestoreHelper(FaceRestoreHelper):
+    """facexlib's FaceRestoreHelper in GFPGANer's configuration, with networks we loaded ourselves.
+
+    The base ``__init__`` would build the detector and parser through facexlib's loaders, which resolve
+    paths on their own and download missing files; so we set up the same attributes for GFPGANer's
+    configuration (512 face, crop ratio 1, 5-point FFHQ template, parsing mask, no blur padding) instead.
+    Pinned to facexlib 0.3.0, whose methods use exactly these attributes.
+    """
+
+    def __init__(self, detector: RetinaFace, parser: ParseNet, upscale: int, device: torch.device) -> None:
+        self.template_3points = False
+        self.upscale_factor = upscale
+        self.crop_ratio = (1, 1)
+        self.face_size = (FACE_SIZE, FACE_SIZE)
+        # Standard 5 landmarks of FFHQ faces at 512x512 (eyes, nose tip, mouth corners), facexlib's values.
+        self.face_template = np.array(
+            [
+                [192.98138, 239.94708],
+                [318.90277, 240.1936],
+                [256.63416, 314.01935],
+                [201.26117, 371.41043],
+                [313.08905, 371.15118],
+            ]
+        )
+        self.save_ext = "png"
+        self.pad_blur = False
+        self.device = device
+        self.face_det = detector
+        self.use_parse = True
+        self.face_parse = parser
+        self.clean_all()
+
+
+def load_gfpgan(path: Path, device: torch.device) -> GFPGANv1Clean:
+    """GFPGANv1Clean as GFPGANer builds it for arch 'clean', from ``params_ema`` (else ``params``)."""
+    checkpoint = read_torch(path)
+    key = "params_ema" if "params_ema" in checkpoint else "params"
+    if key not in checkpoint:
+        raise CheckpointError(f"{path}: expected a 'params_ema' or 'params' entry (GFPGAN checkpoint)")
+    net = GFPGANv1Clean(
+        out_size=FACE_SIZE,
+        num_style_feat=512,
+        channel_multiplier=2,
+        decoder_load_path=None,
+        fix_decoder=False,
+        num_mlp=8,
+        input_is_latent=True,
+        different_w=True,
+        narrow=1,
+        sft_half=True,
+    )
+    load_strict(net, checkpoint[key], f"{path.name}[{key}]")
+    return net.to(device).eval()
+
+
+def load_detector(path: Path, device: torch.device) -> RetinaFace:
+    """facexlib RetinaFace ResNet-50 from a plain state dict (a leading 'module.' is stripped, as facexlib does)."""
+    state = read_torch(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a plain state dict of tensors (RetinaFace ResNet-50 weights)")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    with warnings.catch_warnings():
+        # RetinaFace builds its trunk with torchvision's deprecated resnet50(pretrained=False): nothing is fetched.
+        warnings.simplefilter("ignore", UserWarning)
+        detector = RetinaFace(network_name="resnet50", half=False, device=device)
+    load_strict(detector, state, path.name)
+    return detector.to(device).eval()
+
+
+def load_parser(path: Path, device: torch.device) -> ParseNet:
+    """facexlib ParseNet(512, 512, 19) from a plain state dict, as ``init_parsing_model('parsenet')`` builds it."""
+    state = read_torch(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a plain state dict of tensors (ParseNet weights)")
+    parser = ParseNet(in_size=512, out_size=512, parsing_ch=19)
+    load_strict(parser, state, path.name)
+    return parser.to(device).eval()
