@@ -17,7 +17,9 @@ NUM_POSE_STYLES = 46
 class GenerateOptions:
     """The knobs SadTalker users know (same names and defaults as the original ``inference.py`` flags).
 
-    ``seed`` drives every random draw of a generation (eye blinks and pose noise); ``None`` draws a fresh seed.
+    ``seed`` drives every random draw of a generation (eye blinks, pose noise, GFPGAN noise); ``None`` draws a
+    fresh seed.  ``max_frames`` renders only the first N frames (a quick preview; motion is still computed from the
+    whole audio, so they equal the first N frames of the full video); ``None`` renders all.
     """
 
     preprocess: Preprocess = "crop"
@@ -28,6 +30,7 @@ class GenerateOptions:
     expression_scale: float = 1.0
     batch_size: int = 2
     seed: int | None = None
+    max_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("crop", "full", "resize"):
@@ -40,6 +43,8 @@ class GenerateOptions:
             raise ValueError(f"pose_style must be in [0, {NUM_POSE_STYLES - 1}], got {self.pose_style}")
         if not 0.0 <= self.expression_scale <= 10.0:
             raise ValueError(f"expression_scale must be in [0, 10], got {self.expression_scale}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
         if not 1 <= self.batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {self.batch_size}")
 

@@ -249,8 +249,10 @@ class SadTalker:
         tracker.stage("motion", 0.0)
         motion = self.predict_motion(features, face, options, seed)
         semantics = self.semantics(motion, face, options)
+        if options.max_frames is not None and options.max_frames < semantics.num_frames:
+            semantics = RenderSemantics(semantics.source, semantics.target[: options.max_frames])
         tracker.stage("render", 0.0)
-        total = features.num_frames
+        total = semantics.num_frames
         logger.info(
             "rendering %d frames (%.2f s of audio) %s seed=%d", total, total / FPS, options, seed
         )
