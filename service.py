@@ -1,0 +1,143 @@
+"""BentoML service: SadTalker talking-head videos, rendered in the background.
+
+    bentoml serve service:SadTalkerService            # production: needs a CUDA GPU
+    SADTALKER_ALLOW_CPU=1 bentoml serve service:SadTalkerService   # dev/CI on CPU (slow)
+
+Endpoints (all POST, JSON bodies; BentoML's /readyz, /livez and /metrics come for free):
+
+* `/generate` {driven_audio, source_image, option: "full"|"crop", request_id?, landmarks?}
+  -> `1` (text/plain) once the job is durably queued; the video appears later as
+  `$SADTALKER_OUTPUT_DIR/<YYYYmmdd-HHMMSS>_<8 hex>.mp4`. 400 names the bad field, 409 = request_id reused
+  with other inputs, 429 (+ Retry-After) = queue full, 503 = shutting down. Response headers
+  `X-SadTalker-Job-Id` and `X-SadTalker-Output` say which job and file (the body must stay exactly `1`).
+* `/status` {request_id} -> the job (request_id, or the job id from X-SadTalker-Job-Id); 404 if unknown.
+* `/jobs` {limit?} -> most recent jobs first.
+* `/system_info` {} -> device, GPU, models, checkpoint size, queue.
+
+Python callers: `bentoml.SyncHTTPClient(url).generate(driven_audio=..., source_image=..., option=...)` takes
+`str` paths (it JSON-encodes arguments from the published schema with `json.dumps`, which rejects `Path`);
+`serving.client.SadTalkerClient`, a subclass of it, also takes `pathlib.Path`. In-process callers may pass
+either to `GenerateRequest`.
+
+All configuration is environment variables (see serving/config.py). The image's face is NOT detected
+at request time (that needs the GPU the render worker owns): a portrait without a face is accepted and
+its job ends `failed` with error_kind "no_face".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.exceptions import BentoMLConfigException
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from serving.config import ConfigError, ServingConfig
+from serving.jobs import NotAccepting, QueueFull, RequestConflict
+from serving.runtime import Runtime, StartupError, configure_logging, preflight
+from serving.schema import GenerateRequest, JobStatus, Preset, SystemInfo
+from serving.validation import RequestInvalid
+
+ACCEPTED = "1"
+
+
+def _reject(ctx: bentoml.Context, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """An error response. BentoML copies ctx.response's status/headers onto whatever the API returns."""
+    ctx.response.status_code = status
+    for name, value in (headers or {}).items():
+        ctx.response.headers[name] = value
+    return JSONResponse(body, status_code=status)
+
+
+@bentoml.service(
+    name="sadtalker",
+    # One process owns the models and the GPU; more workers would each load every model.
+    workers=1,
+    # Tells BentoML (and BentoCloud) the worker needs one GPU; BentoML pins it via CUDA_VISIBLE_DEVICES.
+    # On a machine without GPUs BentoML only warns; the CUDA check below is what refuses to start.
+    resources={"gpu": 1},
+    # Request threads (validation probes files); rendering happens on the worker's own thread.
+    threads=4,
+    traffic={"timeout": 120},
+)
+class SadTalkerService:
+    @bentoml.on_deployment
+    def check_deployment() -> None:  # BentoML calls deployment hooks without an instance
+        """Once, before workers spawn: config, CUDA (or SADTALKER_ALLOW_CPU=1), checkpoints, writable dirs."""
+        configure_logging()
+        try:
+            preflight(ServingConfig.from_env())
+        except (ConfigError, StartupError) as exc:
+            # BentoMLException is printed by the CLI as one line, and `bentoml serve` exits with status 1.
+            raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
+
+    def __init__(self) -> None:
+        configure_logging()
+        try:
+            # The device check repeats here: the constructor also runs without `bentoml serve` (tests, in-process).
+            self.runtime = Runtime.start(ServingConfig.from_env())
+        except (ConfigError, StartupError) as exc:
+            raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
+
+    def __is_ready__(self) -> bool:
+        """/readyz: models loaded (the constructor returned), render thread alive, not shutting down."""
+        return self.runtime.ready
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """SIGTERM: no new jobs; the running job gets SADTALKER_SHUTDOWN_GRACE s; queued jobs wait for restart."""
+        self.runtime.shutdown()
+
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    def generate(
+        self,
+        *,
+        driven_audio: str,
+        source_image: str,
+        option: Preset,
+        request_id: str | None = None,
+        landmarks: list[list[float]] | None = None,
+        ctx: bentoml.Context,
+    ) -> str:
+        """Queue a talking-head render; answers `1` at once (see the module docstring for errors)."""
+        request = GenerateRequest(
+            driven_audio=driven_audio,
+            source_image=source_image,
+            option=option,
+            request_id=request_id,
+            landmarks=landmarks,
+        )
+        try:
+            submission = self.runtime.jobs.submit(request)
+        except RequestInvalid as exc:
+            return _reject(ctx, 400, {"error": str(exc), "field": exc.field})
+        except RequestConflict as exc:
+            return _reject(ctx, 409, {"error": str(exc), "field": "request_id"})
+        except QueueFull as exc:
+            return _reject(ctx, 429, {"error": str(exc)}, {"Retry-After": str(exc.retry_after)})
+        except NotAccepting as exc:
+            return _reject(ctx, 503, {"error": str(exc)}, {"Retry-After": "30"})
+        ctx.response.headers["X-SadTalker-Job-Id"] = submission.job.id
+        ctx.response.headers["X-SadTalker-Output"] = str(submission.job.output_path)
+        return ACCEPTED
+
+    @bentoml.api
+    def status(
+        self, request_id: Annotated[str, Field(min_length=1, max_length=128)], ctx: bentoml.Context
+    ) -> JobStatus:
+        """State, progress %, stage, output path, error and timings of one job (by request_id or job id)."""
+        found = self.runtime.jobs.status(request_id)
+        if found is None:
+            return _reject(ctx, 404, {"error": f"request_id: no job with request_id or job id {request_id!r}"})
+        return found
+
+    @bentoml.api
+    def jobs(self, limit: Annotated[int, Field(ge=1, le=500)] = 20) -> list[JobStatus]:
+        """The most recent jobs, newest first."""
+        return self.runtime.jobs.recent(limit)
+
+    @bentoml.api
+    def system_info(self) -> SystemInfo:
+        """Device, GPU name/memory, models, checkpoint directory size, queue depth."""
+        return self.runtime.system_info()

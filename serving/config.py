@@ -1,0 +1,198 @@
+"""Service configuration, read once from the environment into a frozen dataclass.
+
+Every knob is an environment variable so the same image runs in dev, CI and production. Values are
+validated when read: a bad value stops the service at start-up with one line naming the variable,
+instead of surfacing later as a confusing per-request failure.
+
+* SADTALKER_CHECKPOINTS (default `<repo>/checkpoints`): directory with the official checkpoint files.
+* SADTALKER_OUTPUT_DIR (`<repo>/output`): finished videos, `<YYYYmmdd-HHMMSS>_<8 hex>.mp4`.
+* SADTALKER_STATE_DIR (`<repo>/state`): job database (SQLite, WAL) and per-job temp dirs; keep it
+  outside the output dir (clients watch that one).
+* SADTALKER_INPUT_DIRS (`<repo>/inputs`, created if missing): os.pathsep-separated roots that request
+  files must lie in, after symlinks and `..` are resolved. Explicitly listed roots must exist.
+* SADTALKER_MAX_QUEUE (16): queued (not yet running) jobs before `/generate` answers 429.
+* SADTALKER_ALLOW_CPU (0): 1 = run on CPU when CUDA is missing. Dev/CI only (~7 s per 256-px frame).
+* SADTALKER_SHUTDOWN_GRACE (30): seconds SIGTERM waits for the running job; after that the job is
+  interrupted and stays queued for the next start.
+* SADTALKER_MAX_IMAGE_BYTES (20 MiB), SADTALKER_MAX_IMAGE_PIXELS (25,000,000): source image caps
+  (the pixel count is read from the header, before decoding).
+* SADTALKER_MAX_AUDIO_BYTES (100 MiB), SADTALKER_MAX_AUDIO_SECONDS (300): audio caps (25 video frames
+  per second of audio).
+* SADTALKER_MAX_ATTEMPTS (3): a job whose render was cut short this many times (process killed or
+  crashed mid-render) is marked failed instead of being retried forever.
+* SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
+  `sadtalker.pipeline:SadTalker`, e.g. `serving.fake_pipeline:create`; checkpoints are then not verified.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_PIPELINE_FACTORY = "sadtalker.pipeline:SadTalker"
+#: The video frame rate of SadTalker: one frame per 40 ms of audio; shorter audio gives no frame.
+FPS = 25
+MIN_AUDIO_SECONDS = 1.0 / FPS
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    checkpoint_dir: Path
+    output_dir: Path
+    state_dir: Path
+    input_dirs: tuple[Path, ...]
+    max_queue: int = 16
+    allow_cpu: bool = False
+    shutdown_grace: float = 30.0
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 25_000_000
+    max_audio_bytes: int = 100 * 1024 * 1024
+    max_audio_seconds: float = 300.0
+    max_attempts: int = 3
+    pipeline_factory: str | None = None
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def temp_root(self) -> Path:
+        """Parent of the per-job temp dirs; wiped at start-up (leftovers of a killed process)."""
+        return self.state_dir / "tmp"
+
+    @property
+    def uses_dev_pipeline(self) -> bool:
+        return self.pipeline_factory is not None and self.pipeline_factory != DEFAULT_PIPELINE_FACTORY
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
+        """Read and validate every variable; raises ConfigError naming the first bad one."""
+        env = os.environ if env is None else env
+        input_dirs_set = bool(env.get("SADTALKER_INPUT_DIRS", "").strip())
+        config = cls(
+            checkpoint_dir=_path(env, "SADTALKER_CHECKPOINTS", REPO_ROOT / "checkpoints"),
+            output_dir=_path(env, "SADTALKER_OUTPUT_DIR", REPO_ROOT / "output"),
+            state_dir=_path(env, "SADTALKER_STATE_DIR", REPO_ROOT / "state"),
+            input_dirs=_paths(env, "SADTALKER_INPUT_DIRS", (REPO_ROOT / "inputs",)),
+            max_queue=_int(env, "SADTALKER_MAX_QUEUE", 16, minimum=1),
+            allow_cpu=_bool(env, "SADTALKER_ALLOW_CPU", False),
+            shutdown_grace=_float(env, "SADTALKER_SHUTDOWN_GRACE", 30.0, minimum=0.0),
+            max_image_bytes=_int(env, "SADTALKER_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_image_pixels=_int(env, "SADTALKER_MAX_IMAGE_PIXELS", 25_000_000, minimum=1),
+            max_audio_bytes=_int(env, "SADTALKER_MAX_AUDIO_BYTES", 100 * 1024 * 1024, minimum=1),
+            max_audio_seconds=_float(env, "SADTALKER_MAX_AUDIO_SECONDS", 300.0, minimum=MIN_AUDIO_SECONDS),
+            max_attempts=_int(env, "SADTALKER_MAX_ATTEMPTS", 3, minimum=1),
+            pipeline_factory=_factory(env, "SADTALKER_PIPELINE_FACTORY"),
+        )
+        if input_dirs_set:
+            # An explicit root that does not exist is a typo or a missing mount: say so now, not per request.
+            for root in config.input_dirs:
+                if not root.is_dir():
+                    raise ConfigError(f"SADTALKER_INPUT_DIRS: {root} is not an existing directory")
+        return config
+
+    def prepare_directories(self) -> None:
+        """Create output/state/temp (and the default input) dirs; raises ConfigError if one is unusable."""
+        for name, directory in (
+            ("SADTALKER_OUTPUT_DIR", self.output_dir),
+            ("SADTALKER_STATE_DIR", self.state_dir),
+            ("SADTALKER_STATE_DIR", self.temp_root),
+        ):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{name}: cannot create {directory} ({exc.strerror or exc})") from exc
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise ConfigError(f"{name}: {directory} is not writable by this process")
+        for root in self.input_dirs:
+            if root == REPO_ROOT / "inputs":
+                root.mkdir(parents=True, exist_ok=True)
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    if "\x00" in value:
+        raise ConfigError(f"{name}: contains a NUL byte")
+    # Relative values are taken relative to the working directory `bentoml serve` was started in;
+    # resolving once here keeps every later comparison on absolute, symlink-free paths.
+    return Path(value).expanduser().resolve()
+
+
+def _paths(env: Mapping[str, str], name: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
+    value = _raw(env, name)
+    if value is None:
+        return tuple(path.resolve() for path in default)
+    parts = [part.strip() for part in value.split(os.pathsep) if part.strip()]
+    if not parts:
+        raise ConfigError(f"{name}: no directory given")
+    return tuple(Path(part).expanduser().resolve() for part in parts)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
+    if number < minimum:
+        raise ConfigError(f"{name}={value!r} must be >= {minimum}")
+    return number
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}={value!r} must be a finite number")
+    if number < minimum:
+        raise ConfigError(f"{name}={value!r} must be >= {minimum:g}")
+    return number
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} must be 1 or 0 (true/false, yes/no, on/off)")
+
+
+def _factory(env: Mapping[str, str], name: str) -> str | None:
+    value = _raw(env, name)
+    if value is None:
+        return None
+    module, sep, attribute = value.partition(":")
+    if not sep or not module or not attribute:
+        raise ConfigError(f"{name}={value!r} must look like 'package.module:callable'")
+    return value

@@ -1,0 +1,58 @@
+"""The interface the worker drives, and how the service builds the implementation.
+
+Production always uses `sadtalker.pipeline.SadTalker`. `SADTALKER_PIPELINE_FACTORY=module:callable`
+(DEV/TEST ONLY) swaps in another implementation, e.g. `serving.fake_pipeline:create`, so the HTTP
+contract can be tested end to end without minutes of CPU rendering.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.config import DEFAULT_PIPELINE_FACTORY, ServingConfig
+
+ProgressCallback = Callable[[str, float], None]
+
+
+class Pipeline(Protocol):
+    """What `sadtalker.pipeline.SadTalker` offers the service (see its docstring for details)."""
+
+    def generate(
+        self,
+        source_image: str | Path,
+        driven_audio: str | Path,
+        output_path: str | Path,
+        *,
+        preset: Any = None,
+        options: Any = None,
+        landmarks: Any = None,
+        progress: ProgressCallback | None = None,
+        temp_dir: Path | None = None,
+    ) -> Path:
+        """Render; write ``output_path`` atomically; report ``progress(stage, fraction 0..1)``."""
+        ...
+
+
+PipelineFactory = Callable[[Path, str], Pipeline]
+
+
+def resolve_factory(spec: str | None) -> PipelineFactory:
+    """Import ``module:callable`` (default: the real pipeline class)."""
+    spec = spec or DEFAULT_PIPELINE_FACTORY
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    factory = module
+    for part in attribute.split("."):
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise TypeError(f"{spec} is not callable")
+    return factory  # type: ignore[return-value]
+
+
+def build_pipeline(config: ServingConfig, device: str) -> Pipeline:
+    """Load every model once (the expensive part of start-up)."""
+    factory = resolve_factory(config.pipeline_factory)
+    return factory(config.checkpoint_dir, device)

@@ -1,0 +1,194 @@
+"""Start-up checks and the assembled service runtime (config, device, models, store, worker, jobs).
+
+Kept free of BentoML so it can be built in-process by tests; `service.py` wraps it in the HTTP API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.config import ConfigError, ServingConfig
+from serving.device import DeviceUnavailable, gpu_info, select_device
+from serving.joblog import install_job_log_filter
+from serving.jobs import JobService
+from serving.metrics import JobMetrics
+from serving.pipeline import Pipeline, build_pipeline
+from serving.schema import SystemInfo
+from serving.store import JobState, JobStore
+from serving.validation import RequestValidator
+from serving.worker import RenderWorker
+
+log = logging.getLogger("sadtalker.serving")
+
+#: Generator sizes and enhancer the production pipeline loads (SadTalker(...) defaults): what start-up verifies.
+CHECKPOINT_SIZES = ("256",)
+CHECKPOINT_ENHANCER = True
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message is one line saying what is wrong and how to fix it."""
+
+
+def one_line(message: str) -> str:
+    """Collapse a multi-line message (e.g. a per-file checkpoint report) into one log/CLI line."""
+    parts = [part.strip().lstrip("- ").strip() for part in message.splitlines()]
+    text = ""
+    for part in filter(None, parts):
+        text += part if not text else (" " if text.endswith(":") else "; ") + part
+    return text
+
+
+def prepare(config: ServingConfig, *, cuda_available: Callable[[], bool] | None = None) -> str:
+    """Create the writable directories and pick the device (CUDA, or CPU only with SADTALKER_ALLOW_CPU=1)."""
+    try:
+        config.prepare_directories()
+        if cuda_available is None:
+            return select_device(config.allow_cpu)
+        return select_device(config.allow_cpu, cuda_available=cuda_available)
+    except (ConfigError, DeviceUnavailable) as exc:
+        raise StartupError(str(exc)) from None
+
+
+def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | None = None) -> str:
+    """Everything that must hold before workers start; returns the device. Raises StartupError.
+
+    Runs in BentoML's on_deployment hook (once, before any worker process is spawned) so a missing GPU
+    or checkpoint stops `bentoml serve` at once with exit status 1, instead of workers crash-looping.
+    """
+    device = prepare(config, cuda_available=cuda_available)
+    if config.uses_dev_pipeline:
+        log.warning(
+            "SADTALKER_PIPELINE_FACTORY=%s: DEV/TEST pipeline, checkpoints not verified", config.pipeline_factory
+        )
+        return device
+    from sadtalker.checkpoints import require_checkpoints
+    from sadtalker.weights import CheckpointError
+
+    try:
+        require_checkpoints(config.checkpoint_dir, CHECKPOINT_SIZES, include_enhancer=CHECKPOINT_ENHANCER)
+    except CheckpointError as exc:
+        hint = " (or point SADTALKER_CHECKPOINTS at the directory holding them)"
+        raise StartupError(one_line(str(exc)) + hint) from None
+    return device
+
+
+def directory_bytes(directory: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def configure_logging() -> None:
+    """Our loggers at INFO (BentoML's root is WARNING) and the job id on every line of a job."""
+    logging.getLogger("sadtalker").setLevel(logging.INFO)
+    install_job_log_filter()
+
+
+@dataclass
+class Runtime:
+    config: ServingConfig
+    device: str
+    pipeline: Pipeline
+    store: JobStore
+    metrics: JobMetrics
+    worker: RenderWorker
+    jobs: JobService
+    started_at: float
+    checkpoint_bytes: int
+
+    @classmethod
+    def start(
+        cls,
+        config: ServingConfig,
+        *,
+        pipeline: Pipeline | None = None,
+        metrics: JobMetrics | None = None,
+        validator: RequestValidator | None = None,
+        cuda_available: Callable[[], bool] | None = None,
+        start_worker: bool = True,
+    ) -> Runtime:
+        """Check the device, load the models once, open the store, recover interrupted jobs, start the worker."""
+        device = prepare(config, cuda_available=cuda_available)
+        started = time.monotonic()
+        if pipeline is None:
+            log.info("loading models from %s on %s ...", config.checkpoint_dir, device)
+            pipeline = build_pipeline(config, device)
+            log.info("models loaded in %.1fs", time.monotonic() - started)
+        store = JobStore(config.database_path)
+        metrics = metrics or JobMetrics.create().initialise_labels()
+        worker = RenderWorker(pipeline, store, metrics, temp_root=config.temp_root, max_attempts=config.max_attempts)
+        validator = validator or RequestValidator(config)
+        # Import the decoders now: the first request should not pay for importing cv2/soundfile.
+        validator.preload()
+        jobs = JobService(config, store, worker, metrics, validator)
+        runtime = cls(
+            config=config,
+            device=device,
+            pipeline=pipeline,
+            store=store,
+            metrics=metrics,
+            worker=worker,
+            jobs=jobs,
+            started_at=time.time(),
+            checkpoint_bytes=directory_bytes(config.checkpoint_dir) if config.checkpoint_dir.is_dir() else 0,
+        )
+        report = worker.recover()
+        log.info(
+            "ready on %s: %d job(s) queued (%d interrupted by a crash and requeued), outputs in %s",
+            device,
+            store.count(JobState.QUEUED),
+            len(report.requeued),
+            config.output_dir,
+        )
+        if start_worker:
+            worker.start()
+        return runtime
+
+    @property
+    def ready(self) -> bool:
+        return self.worker.is_alive and not self.worker.stopping
+
+    def shutdown(self) -> None:
+        """Stop taking jobs; give the running one `shutdown_grace` s; the rest stays queued in the store."""
+        grace = self.config.shutdown_grace
+        log.info(
+            "shutting down: waiting up to %gs for the running job (job=%s)", grace, self.worker.current_job_id or "-"
+        )
+        self.worker.stop(grace)
+        self.worker.update_queue_gauge()
+        log.info("shutdown complete; %d job(s) stay queued for the next start", self.store.count(JobState.QUEUED))
+
+    def system_info(self) -> SystemInfo:
+        import bentoml
+        import torch
+
+        gpu = gpu_info(self.device)
+        counts = self.store.counts()
+        pipeline_type = type(self.pipeline)
+        return SystemInfo(
+            device=self.device,
+            gpu_name=gpu.name,
+            gpu_memory_total_bytes=gpu.total_bytes,
+            gpu_memory_free_bytes=gpu.free_bytes,
+            models_loaded=True,
+            pipeline=f"{pipeline_type.__module__}.{pipeline_type.__qualname__}",
+            checkpoint_dir=str(self.config.checkpoint_dir),
+            checkpoint_bytes=self.checkpoint_bytes,
+            queue_depth=counts[JobState.QUEUED.value],
+            running_job=self.worker.current_job_id,
+            jobs_by_state=counts,
+            max_queue=self.config.max_queue,
+            accepting=not self.worker.stopping,
+            uptime_seconds=time.time() - self.started_at,
+            versions={"torch": torch.__version__, "bentoml": bentoml.__version__},
+        )

@@ -1,0 +1,402 @@
+"""The HTTP contract against a real `bentoml serve service:SadTalkerService` process.
+
+Rendering uses the dev-only fake pipeline (SADTALKER_PIPELINE_FACTORY=serving.fake_pipeline:create), so
+these tests check the service, not the models: status codes, bodies, files, restart and shutdown.
+Every server gets its own BENTOML_HOME (BentoML clears its Prometheus directory at start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from test_serving_validation import write_png, write_wav
+
+from serving.naming import OUTPUT_NAME_PATTERN
+
+REPO = Path(__file__).resolve().parents[1]
+BENTOML = Path(sys.executable).with_name("bentoml")
+START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Dirs:
+    root: Path
+    inputs: Path
+    output: Path
+    state: Path
+
+    @classmethod
+    def make(cls, root: Path) -> Dirs:
+        dirs = cls(root, root / "inputs", root / "output", root / "state")
+        dirs.inputs.mkdir(parents=True, exist_ok=True)
+        write_png(dirs.inputs / "face.png")
+        write_png(dirs.inputs / "fail_face.png")  # the fake pipeline fails on names containing "fail"
+        write_wav(dirs.inputs / "speech.wav", 1.0)
+        write_wav(dirs.inputs / "long.wav", 3.0)
+        (dirs.inputs / "junk.png").write_bytes(b"not an image" * 20)
+        return dirs
+
+
+def server_env(dirs: Dirs, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SADTALKER_", "PROMETHEUS_"))}
+    env.update(
+        {
+            "BENTOML_HOME": str(dirs.root / "bentoml_home"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "SADTALKER_ALLOW_CPU": "1",
+            "SADTALKER_PIPELINE_FACTORY": "serving.fake_pipeline:create",
+            "SADTALKER_FAKE_RENDER_SECONDS": "0.3",
+            "SADTALKER_INPUT_DIRS": str(dirs.inputs),
+            "SADTALKER_OUTPUT_DIR": str(dirs.output),
+            "SADTALKER_STATE_DIR": str(dirs.state),
+            "SADTALKER_MAX_AUDIO_SECONDS": "2",
+            "SADTALKER_SHUTDOWN_GRACE": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+
+def launch(dirs: Dirs, env: dict[str, str], name: str) -> Server:
+    port = free_port()
+    log = dirs.root / f"{name}.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [str(BENTOML), "serve", "service:SadTalkerService", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+def wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise AssertionError(f"server not ready after {START_TIMEOUT}s:\n{server.output()}")
+
+
+def post(server: Server, route: str, body: dict, timeout: float = 30) -> httpx.Response:
+    return httpx.post(f"{server.url}{route}", json=body, timeout=timeout)
+
+
+def wait_state(server: Server, key: str, states: set[str], timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        response = post(server, "/status", {"request_id": key})
+        if response.status_code == 200:
+            status = response.json()
+            if status["state"] in states:
+                return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {key} did not reach {states}: {status}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Dirs]]:
+    dirs = Dirs.make(tmp_path_factory.mktemp("served"))
+    server = launch(dirs, server_env(dirs), "served")
+    wait_ready(server)
+    yield server, dirs
+    code = server.stop()
+    assert code == 0, server.output()
+
+
+def body(dirs: Dirs, **extra: object) -> dict:
+    return {
+        "source_image": str(dirs.inputs / "face.png"),
+        "driven_audio": str(dirs.inputs / "speech.wav"),
+        "option": "crop",
+    } | extra
+
+
+# -- one shared server -----------------------------------------------------------------------------------------
+
+
+def test_valid_request_returns_1_and_the_video_appears(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    response = post(server, "/generate", body(dirs, request_id="first"))
+    assert response.status_code == 200, response.text
+    assert response.text == "1" and response.headers["content-type"].startswith("text/plain")
+    output = Path(response.headers["x-sadtalker-output"])
+    status = wait_state(server, "first", {"completed", "failed"})
+    assert status["state"] == "completed" and status["progress"] == 100.0 and status["error"] is None
+    assert status["job_id"] == response.headers["x-sadtalker-job-id"]
+    assert Path(status["output_path"]) == output and output.parent == dirs.output
+    assert OUTPUT_NAME_PATTERN.fullmatch(output.name) and output.is_file()
+    assert [p.name for p in dirs.output.iterdir() if p.name.startswith(".")] == []  # no partial files
+    assert list((dirs.state / "tmp").iterdir()) == []  # the job's temp dir is gone
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"source_image": "{inputs}/missing.png"}, "source_image", "file not found"),
+        ({"source_image": "{inputs}"}, "source_image", "is a directory"),
+        ({"source_image": "/etc/hostname"}, "source_image", "outside the allowed input directories"),
+        ({"source_image": "{inputs}/../escape.png"}, "source_image", "outside the allowed input directories"),
+        ({"source_image": "{inputs}/junk.png"}, "source_image", "cannot be used as an image"),
+        ({"driven_audio": "{inputs}/long.wav"}, "driven_audio", "the limit is 2 s"),
+        ({"driven_audio": "{inputs}/face.png"}, "driven_audio", "cannot be used as audio"),
+        ({"driven_audio": "speech.wav"}, "driven_audio", "absolute"),
+        ({"landmarks": [[1, 2]] * 68 + [[3, 4]]}, "landmarks", None),
+        ({"option": "resize"}, "option", None),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(
+    served: tuple[Server, Dirs], change: dict, field: str, reason: str | None
+) -> None:
+    server, dirs = served
+    change = {k: v.format(inputs=dirs.inputs) if isinstance(v, str) else v for k, v in change.items()}
+    before = post(server, "/jobs", {"limit": 500}).json()
+    response = post(server, "/generate", body(dirs, **change))
+    assert response.status_code == 400, response.text
+    error = response.json()
+    if reason is None:  # schema errors: BentoML's pydantic report, with the field in `loc`
+        assert error["detail"][0]["loc"][0] == field
+    else:
+        assert error["field"] == field and error["error"].startswith(f"{field}: ") and reason in error["error"]
+    assert post(server, "/jobs", {"limit": 500}).json() == before  # nothing queued
+
+
+def test_duplicate_request_id_renders_once_and_conflict_is_409(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    first = post(server, "/generate", body(dirs, request_id="twice"))
+    second = post(server, "/generate", body(dirs, request_id="twice"))
+    assert (first.status_code, first.text, second.status_code, second.text) == (200, "1", 200, "1")
+    assert first.headers["x-sadtalker-job-id"] == second.headers["x-sadtalker-job-id"]
+    wait_state(server, "twice", {"completed"})
+    jobs = post(server, "/jobs", {"limit": 500}).json()
+    assert [job["request_id"] for job in jobs].count("twice") == 1
+    conflict = post(server, "/generate", body(dirs, request_id="twice", option="full"))
+    assert conflict.status_code == 409 and conflict.json()["field"] == "request_id"
+
+
+def test_failed_job_is_reported_and_next_job_runs(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    bad = body(dirs, request_id="bad", source_image=str(dirs.inputs / "fail_face.png"))
+    assert post(server, "/generate", bad).text == "1"
+    assert post(server, "/generate", body(dirs, request_id="after-bad")).text == "1"
+    failed = wait_state(server, "bad", {"completed", "failed"})
+    assert failed["state"] == "failed" and failed["error_kind"] == "render" and "fake failure" in failed["error"]
+    assert not Path(failed["output_path"]).exists()
+    assert wait_state(server, "after-bad", {"completed", "failed"})["state"] == "completed"
+    log = server.output()
+    assert f"job={failed['job_id']} request_id=bad failed (render)" in log and "Traceback" in log
+
+
+def test_status_of_unknown_job_is_404(served: tuple[Server, Dirs]) -> None:
+    server, _ = served
+    response = post(server, "/status", {"request_id": "never-submitted"})
+    assert response.status_code == 404 and "never-submitted" in response.json()["error"]
+
+
+def test_sync_client_accepts_path_and_str(served: tuple[Server, Dirs]) -> None:
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    from serving.client import SadTalkerClient
+
+    server, dirs = served
+    # The stock client: str paths (it JSON-encodes arguments with json.dumps, which rejects Path).
+    with bentoml.SyncHTTPClient(server.url, timeout=60) as client:
+        result = client.generate(
+            driven_audio=str(dirs.inputs / "speech.wav"),
+            source_image=str(dirs.inputs / "face.png"),
+            option="crop",
+            request_id="client-str",
+        )
+        assert result == "1"
+        with pytest.raises(TypeError, match="PosixPath is not JSON serializable"):
+            client.generate(driven_audio=dirs.inputs / "speech.wav", source_image="/x", option="crop")
+    # Our subclass of it also takes pathlib.Path (and still str).
+    with SadTalkerClient(server.url, timeout=60) as client:
+        assert isinstance(client, bentoml.SyncHTTPClient)
+        result = client.generate(
+            driven_audio=dirs.inputs / "speech.wav",
+            source_image=str(dirs.inputs / "face.png"),
+            option="full",
+            request_id="client-path",
+        )
+        assert result == "1"
+        with pytest.raises(BentoMLException) as info:
+            client.generate(driven_audio=dirs.inputs / "nope.wav", source_image=dirs.inputs / "face.png", option="crop")
+        assert info.value.error_code == 400 and "driven_audio: file not found" in str(info.value)
+        assert client.status(request_id="client-path")["option"] == "full"
+    for key in ("client-path", "client-str"):
+        assert wait_state(server, key, {"completed", "failed"})["state"] == "completed"
+
+
+def test_metrics_endpoint_shows_custom_metrics(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    assert post(server, "/generate", body(dirs, request_id="metered")).text == "1"
+    wait_state(server, "metered", {"completed"})
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("sadtalker_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['sadtalker_jobs_accepted_total{preset="crop"}'] >= 1
+    assert values['sadtalker_jobs_completed_total{preset="crop"}'] >= 1
+    assert values['sadtalker_frames_rendered_total{preset="crop"}'] >= 25
+    assert "sadtalker_queue_depth" in values
+    assert values['sadtalker_job_seconds_bucket{le="3600.0",outcome="completed",preset="crop"}'] >= 1
+    assert any(name.startswith("sadtalker_stage_seconds_count") for name in values)
+
+
+def test_system_info_and_jobs(served: tuple[Server, Dirs]) -> None:
+    server, _ = served
+    info = post(server, "/system_info", {}).json()
+    assert info["device"] == "cpu" and info["models_loaded"] and info["accepting"]
+    assert info["pipeline"] == "serving.fake_pipeline.FakePipeline"
+    assert set(info["jobs_by_state"]) == {"queued", "running", "completed", "failed"}
+    jobs = post(server, "/jobs", {"limit": 2}).json()
+    assert len(jobs) <= 2
+    assert post(server, "/jobs", {"limit": 0}).status_code == 400
+
+
+def test_openapi_shows_paths_as_strings(served: tuple[Server, Dirs]) -> None:
+    server, _ = served
+    schema = httpx.get(f"{server.url}/docs.json", timeout=30).json()
+    request_body = schema["paths"]["/generate"]["post"]["requestBody"]["content"]
+    assert list(request_body) == ["application/json"]  # not multipart: nothing is uploaded
+    body_schema = request_body["application/json"]["schema"]
+    if "$ref" in body_schema:
+        body_schema = schema["components"]["schemas"][body_schema["$ref"].rsplit("/", 1)[-1]]
+    properties = body_schema["properties"]
+    assert properties["source_image"]["type"] == properties["driven_audio"]["type"] == "string"
+    assert properties["option"]["enum"] == ["full", "crop"]
+
+
+# -- start-up failures -----------------------------------------------------------------------------------------
+
+
+def run_until_exit(dirs: Dirs, env: dict[str, str], name: str, timeout: float = 90) -> tuple[int, str, float]:
+    begin = time.monotonic()
+    server = launch(dirs, env, name)
+    try:
+        code = server.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.stop()
+        raise AssertionError(f"server did not exit:\n{server.output()}") from None
+    return code, server.output(), time.monotonic() - begin
+
+
+def test_without_cuda_and_without_opt_in_serve_exits_nonzero(tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    env = server_env(dirs)
+    del env["SADTALKER_ALLOW_CPU"]
+    code, output, seconds = run_until_exit(dirs, env, "nocuda")
+    assert code != 0, output
+    assert "CUDA GPU not available" in output and "SADTALKER_ALLOW_CPU=1" in output
+    assert "Traceback" not in output
+    assert seconds < 60  # within seconds, not a worker crash loop (generous: shared 2-CPU machine)
+
+
+@pytest.mark.slow  # ~20 s on a loaded 2-CPU machine; the in-process preflight test covers the logic
+def test_missing_checkpoints_serve_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    env = server_env(dirs, SADTALKER_CHECKPOINTS=str(tmp_path / "no_checkpoints"))
+    del env["SADTALKER_PIPELINE_FACTORY"]  # the real pipeline: checkpoints are verified before workers start
+    code, output, _ = run_until_exit(dirs, env, "nockpt")
+    assert code != 0, output
+    line = next(line for line in output.splitlines() if "SadTalker cannot start" in line)
+    assert "SadTalker_V0.0.2_256.safetensors" in line and "python -m sadtalker.checkpoints download" in line
+    assert "Traceback" not in output
+
+
+def test_invalid_env_value_serve_exits_nonzero(tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    code, output, _ = run_until_exit(dirs, server_env(dirs, SADTALKER_MAX_QUEUE="lots"), "badenv")
+    assert code != 0 and "SADTALKER_MAX_QUEUE='lots' is not an integer" in output and "Traceback" not in output
+
+
+# -- queue full, SIGTERM mid-job, restart ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    slow = server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="1", SADTALKER_SHUTDOWN_GRACE="1")
+    server = launch(dirs, slow, "slow")
+    wait_ready(server)
+    try:
+        assert post(server, "/generate", body(dirs, request_id="running")).text == "1"
+        wait_state(server, "running", {"running"})
+        assert post(server, "/generate", body(dirs, request_id="waiting")).text == "1"
+        full = post(server, "/generate", body(dirs, request_id="rejected"))
+        assert full.status_code == 429 and "queue is full" in full.json()["error"]
+        assert int(full.headers["retry-after"]) >= 1
+        assert post(server, "/status", {"request_id": "rejected"}).status_code == 404  # nothing recorded
+
+        begin = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(60)
+        assert code == 0, server.output()
+        assert time.monotonic() - begin < 40  # grace 1 s + abort + BentoML's own shutdown
+    finally:
+        server.stop()
+    assert "interrupted by shutdown" in server.output()
+    assert list(dirs.output.iterdir()) == []  # no partial video
+    assert list((dirs.state / "tmp").iterdir()) == []
+
+    restarted = launch(dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3"), "restarted")
+    wait_ready(restarted)
+    try:
+        done = [wait_state(restarted, key, {"completed", "failed"}) for key in ("running", "waiting")]
+        assert [job["state"] for job in done] == ["completed", "completed"]
+        assert done[0]["finished_at"] <= done[1]["started_at"]  # still in submission order
+        assert sorted(p.name for p in dirs.output.iterdir()) == sorted(Path(j["output_path"]).name for j in done)
+        assert list((dirs.state / "tmp").iterdir()) == []
+        assert json.loads(post(restarted, "/system_info", {}).text)["jobs_by_state"]["completed"] == 2
+    finally:
+        assert restarted.stop() == 0

@@ -1,0 +1,229 @@
+"""Submission logic (what /generate does), in-process: idempotency, queue bound, durability, start-up checks."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from test_serving_validation import make_config, write_png, write_wav
+
+from serving.config import ServingConfig
+from serving.fake_pipeline import FakePipeline
+from serving.jobs import NotAccepting, QueueFull, RequestConflict
+from serving.metrics import JobMetrics
+from serving.runtime import Runtime, StartupError, one_line, preflight
+from serving.schema import GenerateRequest
+from serving.store import JobState
+from serving.validation import RequestInvalid
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ServingConfig:
+    config = make_config(tmp_path, max_queue=3, allow_cpu=True)
+    write_png(config.input_dirs[0] / "face.png")
+    write_wav(config.input_dirs[0] / "speech.wav")
+    return config
+
+
+def start(config: ServingConfig, **kwargs: object) -> Runtime:
+    kwargs.setdefault("pipeline", FakePipeline(render_seconds=0.0))
+    kwargs.setdefault("metrics", JobMetrics.create(CollectorRegistry()))
+    kwargs.setdefault("start_worker", False)  # jobs stay queued unless a test renders them
+    kwargs.setdefault("cuda_available", lambda: False)
+    return Runtime.start(config, **kwargs)  # type: ignore[arg-type]
+
+
+def req(config: ServingConfig, **extra: object) -> GenerateRequest:
+    root = config.input_dirs[0]
+    fields = {"source_image": root / "face.png", "driven_audio": root / "speech.wav", "option": "crop"} | extra
+    return GenerateRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_accepted_job_is_durable_before_submit_returns(config: ServingConfig) -> None:
+    runtime = start(config)
+    submission = runtime.jobs.submit(req(config, request_id="r1"))
+    assert not submission.duplicate and submission.job.state is JobState.QUEUED
+    assert submission.job.output_path.parent == config.output_dir
+    assert not submission.job.output_path.exists()
+    # A fresh process (new connection) sees it: recorded before "1" would be returned.
+    again = start(config)
+    status = again.jobs.status("r1")
+    assert status is not None and status.job_id == submission.job.id and status.queue_position == 1
+
+
+def test_invalid_request_queues_nothing(config: ServingConfig) -> None:
+    runtime = start(config)
+    with pytest.raises(RequestInvalid) as info:
+        runtime.jobs.submit(req(config, driven_audio=config.input_dirs[0] / "missing.wav"))
+    assert info.value.field == "driven_audio"
+    assert runtime.store.counts() == {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+
+
+def test_same_request_id_same_inputs_renders_once(config: ServingConfig) -> None:
+    pipeline = FakePipeline(render_seconds=0.0)
+    runtime = start(config, pipeline=pipeline)
+    first = runtime.jobs.submit(req(config, request_id="dup"))
+    # str vs Path spelling of the same file is the same input.
+    root = config.input_dirs[0]
+    second = runtime.jobs.submit(req(config, request_id="dup", source_image=str(root / "face.png")))
+    assert second.duplicate and second.job.id == first.job.id
+    runtime.worker.process_one()
+    third = runtime.jobs.submit(req(config, request_id="dup"))  # also after completion
+    assert third.duplicate and third.job.state is JobState.COMPLETED
+    assert runtime.worker.process_one() is None and len(pipeline.calls) == 1
+
+
+def test_same_request_id_different_inputs_conflicts(config: ServingConfig) -> None:
+    runtime = start(config)
+    runtime.jobs.submit(req(config, request_id="r"))
+    with pytest.raises(RequestConflict, match="request_id 'r' was already used for different inputs"):
+        runtime.jobs.submit(req(config, request_id="r", option="full"))
+    assert runtime.store.count(JobState.QUEUED) == 1
+
+
+def test_concurrent_duplicates_make_one_job(config: ServingConfig) -> None:
+    runtime = start(config)
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def submit() -> None:
+        barrier.wait()
+        results.append(runtime.jobs.submit(req(config, request_id="race")).job.id)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and len(set(results)) == 1
+    assert runtime.store.count(JobState.QUEUED) == 1
+
+
+def test_queue_full_is_exact_under_concurrency(config: ServingConfig) -> None:
+    runtime = start(config)  # max_queue = 3
+    outcomes: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def submit() -> None:
+        barrier.wait()
+        try:
+            runtime.jobs.submit(req(config))
+            outcomes.append("accepted")
+        except QueueFull as exc:
+            assert exc.retry_after >= 1 and "queue is full" in str(exc)
+            outcomes.append("full")
+
+    threads = [threading.Thread(target=submit) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("accepted") == 3 and outcomes.count("full") == 7
+    # The running job does not count against the bound: one slot frees when the worker takes a job.
+    runtime.store.claim_next()
+    runtime.jobs.submit(req(config))
+    with pytest.raises(QueueFull):
+        runtime.jobs.submit(req(config))
+
+
+def test_duplicate_is_answered_even_when_queue_is_full(config: ServingConfig) -> None:
+    runtime = start(config)
+    runtime.jobs.submit(req(config, request_id="keep"))
+    runtime.jobs.submit(req(config))
+    runtime.jobs.submit(req(config))
+    assert runtime.jobs.submit(req(config, request_id="keep")).duplicate
+
+
+def test_retry_after_follows_recent_job_durations(config: ServingConfig) -> None:
+    runtime = start(config)
+    assert runtime.jobs.retry_after() == 30  # no history yet
+    runtime.jobs.submit(req(config))
+    runtime.worker.process_one()
+    assert runtime.jobs.retry_after() == 1  # fake jobs take milliseconds; never less than 1 s
+
+
+def test_shutting_down_refuses_new_jobs(config: ServingConfig) -> None:
+    runtime = start(config, start_worker=True)
+    runtime.shutdown()
+    assert not runtime.ready
+    with pytest.raises(NotAccepting):
+        runtime.jobs.submit(req(config))
+
+
+def test_metrics_count_accepted_jobs(config: ServingConfig) -> None:
+    registry = CollectorRegistry()
+    runtime = start(config, metrics=JobMetrics.create(registry).initialise_labels())
+    assert registry.get_sample_value("sadtalker_jobs_accepted_total", {"preset": "full"}) == 0
+    runtime.jobs.submit(req(config, option="full"))
+    runtime.jobs.submit(req(config, option="full", request_id="x"))
+    runtime.jobs.submit(req(config, option="full", request_id="x"))  # duplicate: not a new acceptance
+    assert registry.get_sample_value("sadtalker_jobs_accepted_total", {"preset": "full"}) == 2
+    assert registry.get_sample_value("sadtalker_queue_depth") == 2
+
+
+def test_status_and_recent(config: ServingConfig) -> None:
+    runtime = start(config)
+    a = runtime.jobs.submit(req(config, request_id="a")).job
+    b = runtime.jobs.submit(req(config)).job
+    runtime.worker.process_one()
+    status = runtime.jobs.status("a")
+    assert status is not None and status.state == "completed" and status.progress == 100.0
+    assert status.render_seconds is not None and status.queued_seconds is not None
+    by_job_id = runtime.jobs.status(b.id)
+    assert by_job_id is not None and by_job_id.state == "queued" and by_job_id.queue_position == 1
+    assert runtime.jobs.status("unknown") is None
+    assert [s.job_id for s in runtime.jobs.recent(10)] == [b.id, a.id]
+
+
+def test_system_info(config: ServingConfig) -> None:
+    runtime = start(config)
+    runtime.jobs.submit(req(config))
+    info = runtime.system_info()
+    assert info.device == "cpu" and info.gpu_name is None and info.models_loaded
+    assert info.pipeline == "serving.fake_pipeline.FakePipeline"
+    assert info.queue_depth == 1 and info.jobs_by_state["queued"] == 1 and info.max_queue == 3
+
+
+# -- start-up checks -----------------------------------------------------------------------------------------
+
+
+def test_no_cuda_without_opt_in_refuses_to_start(tmp_path: Path) -> None:
+    config = make_config(tmp_path, allow_cpu=False)
+    with pytest.raises(StartupError, match="SADTALKER_ALLOW_CPU=1") as info:
+        start(config)
+    assert "\n" not in str(info.value)
+    with pytest.raises(StartupError, match="CUDA GPU not available"):
+        preflight(config, cuda_available=lambda: False)
+
+
+def test_cuda_is_used_when_available(tmp_path: Path) -> None:
+    config = make_config(tmp_path, allow_cpu=True)
+    assert start(config, cuda_available=lambda: True).device == "cuda"
+
+
+def test_missing_checkpoints_fail_preflight_in_one_line(tmp_path: Path) -> None:
+    config = make_config(tmp_path, allow_cpu=True)  # checkpoint_dir does not exist
+    with pytest.raises(StartupError) as info:
+        preflight(config, cuda_available=lambda: False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "SadTalker_V0.0.2_256.safetensors" in message and "python -m sadtalker.checkpoints download" in message
+
+
+def test_synthetic_checkpoints_pass_preflight(tmp_path: Path, synthetic_checkpoints: Path) -> None:
+    config = ServingConfig(
+        checkpoint_dir=synthetic_checkpoints,
+        output_dir=tmp_path / "out",
+        state_dir=tmp_path / "state",
+        input_dirs=(tmp_path,),
+        allow_cpu=True,
+    )
+    assert preflight(config, cuda_available=lambda: False) == "cpu"
+
+
+def test_one_line() -> None:
+    assert one_line("dir is not usable:\na.bin: 1 problem(s)\n  - missing\nFix: run x") == (
+        "dir is not usable: a.bin: 1 problem(s); missing; Fix: run x"
+    )
