@@ -71,12 +71,13 @@ class _Progress:
             self.callback(name, round(self.done, 4))
 
 
-def resolve_options(preset: Preset | None, options: GenerateOptions | None) -> GenerateOptions:
+def resolve_options(preset: Preset | None, options: GenerateOptions | None, size: int = 256) -> GenerateOptions:
+    """Explicit options, or a preset rendered at ``size``."""
     if options is not None and preset is not None:
         raise ValueError("give either preset or options, not both")
     if options is not None:
         return options
-    return GenerateOptions.preset(preset or "crop")
+    return GenerateOptions.preset(preset or "crop", size=size)
 
 
 class SadTalker:
@@ -125,6 +126,11 @@ class SadTalker:
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
             self.device, self.load_seconds, sorted(self.models), enhancer, face_detection,
         )
+
+    @property
+    def default_size(self) -> int:
+        """The render size presets use: 256 when loaded, else the loaded one."""
+        return 256 if 256 in self.models else min(self.models)
 
     # -- stages -------------------------------------------------------------------------------------------------
 
@@ -234,7 +240,7 @@ class SadTalker:
         """
         from sadtalker.video import VideoWriter
 
-        options = resolve_options(preset, options)
+        options = resolve_options(preset, options, size=self.default_size)
         seed = options.seed if options.seed is not None else secrets.randbits(31)
         output_path = Path(output_path)
         tracker = _Progress(progress)

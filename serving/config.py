@@ -14,12 +14,16 @@ instead of surfacing later as a confusing per-request failure.
 * SADTALKER_ALLOW_CPU (0): 1 = run on CPU when CUDA is missing. Dev/CI only (~7 s per 256-px frame).
 * SADTALKER_SHUTDOWN_GRACE (30): seconds SIGTERM waits for the running job; after that the job is
   interrupted and stays queued for the next start.
-* SADTALKER_MAX_IMAGE_BYTES (20 MiB), SADTALKER_MAX_IMAGE_PIXELS (25,000,000): source image caps
-  (the pixel count is read from the header, before decoding).
+* SADTALKER_MAX_IMAGE_BYTES (20 MiB), SADTALKER_MAX_IMAGE_PIXELS (4,194,304 = 2048²): source image caps
+  (the pixel count is read from the header, before decoding; the full preset's video is twice the photo's
+  size, as GFPGAN upscales by 2 like the original, so 2048² keeps it within H.264's 4096² range).
 * SADTALKER_MAX_AUDIO_BYTES (100 MiB), SADTALKER_MAX_AUDIO_SECONDS (300): audio caps (25 video frames
   per second of audio).
 * SADTALKER_MAX_ATTEMPTS (3): a job whose render was cut short this many times (process killed or
   crashed mid-render) is marked failed instead of being retried forever.
+* SADTALKER_SIZE (256): render size, 256 or 512 (which SadTalker_V0.0.2_<size>.safetensors is loaded).
+* SADTALKER_ENHANCER_MAX_FACES (unset = all, as the original): faces GFPGAN restores per frame, largest
+  first; bounds the enhancer's cost on group photos.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
   `sadtalker.pipeline:SadTalker`, e.g. `serving.fake_pipeline:create`; checkpoints are then not verified.
 """
@@ -56,10 +60,12 @@ class ServingConfig:
     allow_cpu: bool = False
     shutdown_grace: float = 30.0
     max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 25_000_000
+    max_image_pixels: int = 2048 * 2048
     max_audio_bytes: int = 100 * 1024 * 1024
     max_audio_seconds: float = 300.0
     max_attempts: int = 3
+    render_size: int = 256
+    enhancer_max_faces: int | None = None
     pipeline_factory: str | None = None
 
     @property
@@ -89,10 +95,12 @@ class ServingConfig:
             allow_cpu=_bool(env, "SADTALKER_ALLOW_CPU", False),
             shutdown_grace=_float(env, "SADTALKER_SHUTDOWN_GRACE", 30.0, minimum=0.0),
             max_image_bytes=_int(env, "SADTALKER_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
-            max_image_pixels=_int(env, "SADTALKER_MAX_IMAGE_PIXELS", 25_000_000, minimum=1),
+            max_image_pixels=_int(env, "SADTALKER_MAX_IMAGE_PIXELS", 2048 * 2048, minimum=1),
             max_audio_bytes=_int(env, "SADTALKER_MAX_AUDIO_BYTES", 100 * 1024 * 1024, minimum=1),
             max_audio_seconds=_float(env, "SADTALKER_MAX_AUDIO_SECONDS", 300.0, minimum=MIN_AUDIO_SECONDS),
             max_attempts=_int(env, "SADTALKER_MAX_ATTEMPTS", 3, minimum=1),
+            render_size=_choice(env, "SADTALKER_SIZE", 256, (256, 512)),
+            enhancer_max_faces=_optional_int(env, "SADTALKER_ENHANCER_MAX_FACES", minimum=1),
             pipeline_factory=_factory(env, "SADTALKER_PIPELINE_FACTORY"),
         )
         if input_dirs_set:
@@ -159,6 +167,17 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     if number < minimum:
         raise ConfigError(f"{name}={value!r} must be >= {minimum}")
     return number
+
+
+def _choice(env: Mapping[str, str], name: str, default: int, choices: tuple[int, ...]) -> int:
+    number = _int(env, name, default, minimum=min(choices))
+    if number not in choices:
+        raise ConfigError(f"{name}={number} must be one of {', '.join(map(str, choices))}")
+    return number
+
+
+def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
+    return None if _raw(env, name) is None else _int(env, name, minimum, minimum=minimum)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:

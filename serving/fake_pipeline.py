@@ -85,7 +85,7 @@ class FakePipeline:
         return output_path
 
 
-def create(checkpoint_dir: Path, device: str) -> FakePipeline:
+def create(checkpoint_dir: Path, device: str, **_pipeline_options: Any) -> FakePipeline:
     """Factory for SADTALKER_PIPELINE_FACTORY (same call shape as the real pipeline class)."""
     del checkpoint_dir  # the fake loads nothing
     return FakePipeline(

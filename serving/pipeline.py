@@ -36,7 +36,8 @@ class Pipeline(Protocol):
         ...
 
 
-PipelineFactory = Callable[[Path, str], Pipeline]
+PipelineFactory = Callable[..., Pipeline]
+"""Called as ``factory(checkpoint_dir, device, sizes=..., enhancer_max_faces=..., max_audio_seconds=...)``."""
 
 
 def resolve_factory(spec: str | None) -> PipelineFactory:
@@ -55,4 +56,10 @@ def resolve_factory(spec: str | None) -> PipelineFactory:
 def build_pipeline(config: ServingConfig, device: str) -> Pipeline:
     """Load every model once (the expensive part of start-up)."""
     factory = resolve_factory(config.pipeline_factory)
-    return factory(config.checkpoint_dir, device)
+    return factory(
+        config.checkpoint_dir,
+        device,
+        sizes=(config.render_size,),
+        enhancer_max_faces=config.enhancer_max_faces,
+        max_audio_seconds=config.max_audio_seconds,
+    )

@@ -26,7 +26,7 @@ from serving.worker import RenderWorker
 log = logging.getLogger("sadtalker.serving")
 
 #: Generator sizes and enhancer the production pipeline loads (SadTalker(...) defaults): what start-up verifies.
-CHECKPOINT_SIZES = ("256",)
+# Both presets use GFPGAN, so its weights (and facexlib's) are always required.
 CHECKPOINT_ENHANCER = True
 
 
@@ -70,7 +70,7 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
     from sadtalker.weights import CheckpointError
 
     try:
-        require_checkpoints(config.checkpoint_dir, CHECKPOINT_SIZES, include_enhancer=CHECKPOINT_ENHANCER)
+        require_checkpoints(config.checkpoint_dir, (config.render_size,), include_enhancer=CHECKPOINT_ENHANCER)
     except CheckpointError as exc:
         hint = " (or point SADTALKER_CHECKPOINTS at the directory holding them)"
         raise StartupError(one_line(str(exc)) + hint) from None
