@@ -1,0 +1,86 @@
+"""`bentoml build` from the project: the Bento holds the service and its code, never tests, outputs or weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BENTOML = Path(sys.executable).with_name("bentoml")
+DECOYS = {
+    "checkpoints/SadTalker_V0.0.2_256.safetensors": b"weights",
+    "checkpoints/GFPGANv1.4.pth": b"weights",
+    "output/20260101-000000_deadbeef.mp4": b"video",
+    "state/jobs.sqlite3": b"db",
+    "inputs/face.png": b"input",
+}
+
+
+@pytest.fixture(scope="module")
+def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build from a copy of the tracked files plus decoy weights/outputs, into a throwaway BENTOML_HOME."""
+    root = tmp_path_factory.mktemp("bento")
+    project = root / "project"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    for name, content in DECOYS.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(content)
+    env = {**os.environ, "BENTOML_HOME": str(root / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    result = subprocess.run(
+        [str(BENTOML), "build", str(project), "--output", "tag"], cwd=project, env=env, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    return root / "home" / "bentos" / name / version
+
+
+def test_bento_holds_the_service_and_its_code(bento: Path) -> None:
+    src = bento / "src"
+    for name in ("service.py", "sadtalker/pipeline.py", "sadtalker/checkpoint_manifest.json", "serving/jobs.py",
+                 "sadtalker/render/generator.py", "checkpoints/README.md"):
+        assert (src / name).is_file(), name
+    meta = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert meta["service"] == "service:SadTalkerService"
+    assert meta["name"] == "sadtalker"
+
+
+def test_bento_excludes_tests_outputs_and_weights(bento: Path) -> None:
+    files = [p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*") if p.is_file()]
+    assert not [f for f in files if f.startswith(("tests/", "bench/", "output/", "state/", "inputs/", ".venv/"))]
+    assert not [f for f in files if f.endswith((".safetensors", ".pth", ".pth.tar", ".mp4", ".sqlite3", ".pyc"))]
+
+
+def test_bento_requirements_are_the_lock(bento: Path) -> None:
+    def pins(text: str) -> set[str]:
+        return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+
+    lock = pins((REPO / "requirements.lock").read_text())
+    assert pins((bento / "env" / "python" / "requirements.txt").read_text()) == lock
+    assert {"torch==2.14.1", "bentoml==1.4.39", "gfpgan==1.3.8", "facexlib==0.3.0"} <= lock
+    assert not [pin for pin in lock if "opencv-python-headless" in pin]
+
+
+def test_dockerfile_has_system_packages_user_entrypoint_and_data_dirs(bento: Path) -> None:
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "libgl1" in dockerfile and "libglib2.0-0" in dockerfile
+    assert "ARG BENTO_USER_UID=1034" in dockerfile
+    lines = [line for line in dockerfile.splitlines() if line.strip()]
+    assert lines[-1].startswith("ENTRYPOINT") and lines[-2] == "USER bentoml"  # runs as the non-root user
+    for name, value in (("SADTALKER_CHECKPOINTS", "/data/checkpoints"), ("SADTALKER_OUTPUT_DIR", "/data/output"),
+                        ("SADTALKER_STATE_DIR", "/data/state"), ("SADTALKER_INPUT_DIRS", "/data/inputs")):
+        assert f"ARG {name}={value}" in dockerfile
+    assert "SADTALKER_ALLOW_CPU" not in dockerfile
+    setup = [p for p in (bento / "env" / "docker").iterdir() if p.name.startswith("script__")]
+    assert len(setup) == 1 and "install -d -o 1034 -g 1034" in setup[0].read_text()
