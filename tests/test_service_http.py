@@ -275,6 +275,25 @@ def test_sync_client_accepts_path_and_str(served: tuple[Server, Dirs]) -> None:
         assert wait_state(server, key, {"completed", "failed"})["state"] == "completed"
 
 
+def test_client_example_submits_and_follows_status(served: tuple[Server, Dirs]) -> None:
+    from serving.client import JobFailed, SadTalkerClient, generate_and_wait
+
+    server, dirs = served
+    seen: list[str] = []
+    with SadTalkerClient(server.url, timeout=60) as client:
+        status = generate_and_wait(
+            client, source_image=dirs.inputs / "face.png", driven_audio=dirs.inputs / "speech.wav", option="full",
+            poll_seconds=0.1, timeout_seconds=60, on_status=lambda s: seen.append(s["state"]),
+        )
+        assert status["state"] == "completed" and Path(status["output_path"]).is_file()
+        assert seen[-1] == "completed"
+        with pytest.raises(JobFailed, match="failed"):
+            generate_and_wait(
+                client, source_image=dirs.inputs / "fail_face.png", driven_audio=dirs.inputs / "speech.wav",
+                option="crop", poll_seconds=0.1, timeout_seconds=60,
+            )
+
+
 def test_metrics_endpoint_shows_custom_metrics(served: tuple[Server, Dirs]) -> None:
     server, dirs = served
     assert post(server, "/generate", body(dirs, request_id="metered")).text == "1"
