@@ -27,10 +27,12 @@ import math
 import os
 import re
 import shutil
+import socket
 import struct
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -535,6 +537,14 @@ class DownloadError(CheckpointError):
     """A file could not be downloaded, or what arrived is not the expected file."""
 
 
+class HostUnreachable(DownloadError):
+    """A download host's name does not resolve; no file from it can be fetched now."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class _Transient(Exception):
     """A failure worth retrying (connection cut, timeout, HTTP 5xx/429)."""
 
@@ -619,6 +629,11 @@ def _fetch_once(transfer: _Transfer, *, timeout: float) -> None:
         raise DownloadError(f"{transfer.name}: HTTP {exc.code} {exc.reason} from {transfer.url}") from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, socket.gaierror):
+            # The name does not resolve (no network, no DNS): retrying in a second will not change that.
+            host = urllib.parse.urlsplit(transfer.url).hostname or transfer.url
+            message = f"{transfer.name}: cannot resolve {host} ({reason.strerror or reason})"
+            raise HostUnreachable(host, message) from exc
         # Not worth retrying: an unknown URL scheme, or a file:// mirror without the file.
         if isinstance(exc, urllib.error.URLError) and (
             isinstance(reason, FileNotFoundError) or not isinstance(reason, OSError | TimeoutError)
@@ -744,7 +759,12 @@ def download_checkpoints(
     manifest = manifest or default_manifest()
     results: list[DownloadResult] = []
     errors: list[str] = []
+    unreachable: set[str] = set()
     for spec in manifest.select(sizes, include_enhancer=include_enhancer):
+        host = urllib.parse.urlsplit(resolve_url(spec, mirror)).hostname
+        if host in unreachable and not (Path(directory) / spec.name).exists():
+            errors.append(f"{spec.name}: not attempted, {host} cannot be resolved")
+            continue
         try:
             results.append(
                 download_file(
@@ -752,10 +772,19 @@ def download_checkpoints(
                     progress=progress,
                 )
             )
+        except HostUnreachable as exc:
+            unreachable.add(exc.host)
+            errors.append(str(exc))
         except DownloadError as exc:
             errors.append(str(exc))
     if errors:
-        raise DownloadError(f"{len(errors)} file(s) failed:\n" + "\n".join(errors))
+        hint = (
+            f"\nNo network or DNS for {', '.join(sorted(unreachable))}: fetch the files on a connected machine "
+            f"(same command) and copy them into {directory}, or set {ENV_MIRROR} to a mirror."
+            if unreachable
+            else ""
+        )
+        raise DownloadError(f"{len(errors)} file(s) failed:\n" + "\n".join(errors) + hint)
     return results
 
 

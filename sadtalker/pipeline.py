@@ -11,12 +11,13 @@ grow with the audio length.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,6 @@ import torch
 from sadtalker.audio import FPS, AudioFeatures, compute_audio_features
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.errors import InputError
-from sadtalker.face.crop import FaceCrop, crop_face
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.pipeline import SourceFace, prepare_source
 from sadtalker.media import load_audio, load_image
@@ -46,29 +46,19 @@ STAGES: dict[str, float] = {"inputs": 0.02, "face": 0.03, "motion": 0.03, "rende
 DEFAULT_MAX_AUDIO_SECONDS = 600.0
 
 
-def landmarks_in_crop(crop: FaceCrop, landmarks: np.ndarray) -> np.ndarray:
-    """Original-image landmarks (68, 2) expressed in the S x S crop (what the original's second detection finds)."""
-    geometry = crop.geometry
-    if geometry is None:  # resize: the crop is the whole image
-        scale = np.array([crop.size / crop.image_size_wh[0], crop.size / crop.image_size_wh[1]])
-        return (landmarks * scale).astype(np.float32)
-    resize = np.array(geometry.align_rsize_wh, dtype=np.float64) / np.array(crop.image_size_wh, dtype=np.float64)
-    ox1, oy1, ox2, oy2 = geometry.paste_box_xyxy
-    scale = np.array([crop.size / (ox2 - ox1), crop.size / (oy2 - oy1)])
-    return ((landmarks.astype(np.float64) * resize - (ox1, oy1)) * scale).astype(np.float32)
+# Where each stage starts on the job's 0..1 progress scale.
+_STAGE_START = dict(zip(STAGES, itertools.accumulate(STAGES.values(), initial=0.0), strict=False))
 
 
 @dataclass
 class _Progress:
     callback: ProgressCallback | None
-    done: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
 
-    def stage(self, name: str, within: float = 1.0) -> None:
-        before = sum(share for stage, share in STAGES.items() if list(STAGES).index(stage) < list(STAGES).index(name))
-        self.done = before + STAGES[name] * min(max(within, 0.0), 1.0)
+    def stage(self, name: str, within: float = 0.0) -> None:
+        """Report ``within`` (0..1) of stage ``name`` done, as a fraction of the whole job."""
         if self.callback is not None:
-            self.callback(name, round(self.done, 4))
+            done = _STAGE_START[name] + STAGES[name] * min(max(within, 0.0), 1.0)
+            self.callback(name, round(done, 4))
 
 
 def resolve_options(preset: Preset | None, options: GenerateOptions | None, size: int = 256) -> GenerateOptions:
@@ -146,14 +136,10 @@ class SadTalker:
         self, image: np.ndarray, options: GenerateOptions, landmarks: np.ndarray | None, image_name: str
     ) -> SourceFace:
         models = self._size_models(options)
-        crop_landmarks = None
         if landmarks is not None:
             landmarks = np.asarray(landmarks, dtype=np.float32)
             if landmarks.shape != (68, 2):
                 raise InputError(f"landmarks must be 68 [x, y] pairs, got shape {landmarks.shape}", field="landmarks")
-            # The original finds landmarks a second time on the crop; with given landmarks we map them instead.
-            crop = crop_face(image, landmarks, preprocess=options.preprocess, size=options.size)
-            crop_landmarks = landmarks_in_crop(crop, landmarks)
         return prepare_source(
             image,
             preprocess=options.preprocess,
@@ -161,7 +147,6 @@ class SadTalker:
             recon_net=models.recon,
             landmarker=self.landmarker,
             landmarks=landmarks,
-            crop_landmarks=crop_landmarks,
             image_name=image_name,
         )
 

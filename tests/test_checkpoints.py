@@ -10,6 +10,7 @@ import json
 import re
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -496,6 +497,22 @@ def test_download_gives_up_after_the_retries(tiny, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="giving up after 2 failed attempt"):
         # Port 9 on loopback: nothing listens, so every attempt is refused immediately.
         _download(tmp_path, manifest, "http://127.0.0.1:9", retries=1, timeout=2)
+
+
+def test_download_fails_fast_when_the_host_does_not_resolve(tiny, tmp_path: Path) -> None:
+    """No network: one failed name lookup ends the run at once (no retries), naming the host and the way out."""
+    manifest, _ = tiny
+    root = tmp_path / "checkpoints"
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as raised:
+        # .invalid never resolves (RFC 2606), with or without a network.
+        download_checkpoints(root, ("256",), manifest=manifest, mirror="http://sadtalker-checkpoints.invalid",
+                             progress=False, retries=3, backoff=10)
+    message = str(raised.value)
+    assert "cannot resolve sadtalker-checkpoints.invalid" in message
+    assert "not attempted" in message and "copy them into" in message
+    assert time.monotonic() - started < 10  # a retry would have slept 10 s
+    assert list(root.iterdir()) == []  # no .part left behind
 
 
 def test_cli_download_with_mirror_env(server, synthetic_checkpoints: Path, tmp_path: Path, monkeypatch) -> None:

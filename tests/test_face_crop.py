@@ -11,7 +11,7 @@ import pytest
 from conftest import load_golden
 
 from sadtalker.errors import ImageError
-from sadtalker.face.crop import crop_face, quad_geometry
+from sadtalker.face.crop import crop_face, landmarks_in_crop, quad_geometry
 
 
 def _case_image(case_dir: Path) -> np.ndarray:
@@ -55,6 +55,15 @@ def test_crop_geometry_matches_golden(golden_case_dir: Path) -> None:
     assert crop.crop_image.shape == golden["crop_image"].shape and crop.crop_image.dtype == np.uint8
     diff = np.abs(crop.crop_image.astype(np.int16) - golden["crop_image"])
     assert diff.max() <= 1, f"crop_image differs by up to {diff.max()} levels"
+
+
+def test_given_landmarks_map_into_the_crop_like_the_golden(golden_case_dir: Path) -> None:
+    """The reference kit's second-call landmarks are the original landmarks mapped into the crop."""
+    golden = load_golden(golden_case_dir)
+    crop = crop_face(
+        _case_image(golden_case_dir), golden["lm68_orig"], preprocess=_case_preprocess(golden_case_dir), size=256
+    )
+    np.testing.assert_allclose(landmarks_in_crop(crop, golden["lm68_orig"]), golden["lm68_crop"], atol=1e-4)
 
 
 def test_full_mode_paste_box_matches_golden(reference_dir: Path) -> None:

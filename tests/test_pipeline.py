@@ -198,3 +198,24 @@ def test_no_face_is_reported(talker: SadTalker, reference_dir: Path, tmp_path: P
         talker.generate(image, wav, tmp_path / "x.mp4", preset="crop")
     assert raised.value.field == "source_image"
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_command_line_renders_into_result_dir(
+    synthetic_checkpoints: Path, reference_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sadtalker.__main__ import main
+    from serving.naming import OUTPUT_NAME_PATTERN
+
+    image, landmarks, wav = _case(reference_dir, CROP_CASE)
+    audio = _short_wav(wav, tmp_path / "speech.wav", frames=2)
+    np.save(tmp_path / "landmarks.npy", landmarks)
+    code = main([
+        "--source_image", str(image), "--driven_audio", str(audio), "--result_dir", str(tmp_path / "results"),
+        "--checkpoint_dir", str(synthetic_checkpoints), "--landmarks", str(tmp_path / "landmarks.npy"),
+        "--preprocess", "crop", "--enhancer", "none", "--seed", "0", "--cpu",
+    ])
+    assert code == 0
+    output = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert output.parent == tmp_path / "results" and OUTPUT_NAME_PATTERN.fullmatch(output.name)
+    assert probe_video(output)["frames"] == 2
+    assert main(["--source_image", str(image), "--driven_audio", str(audio), "--landmarks", str(audio)]) == 2

@@ -220,3 +220,19 @@ def crop_face(
         cropped_hw_before_resize=(int(region.shape[0]), int(region.shape[1])),
         paste_box_xyxy=paste_box,
     )
+
+
+def landmarks_in_crop(crop: FaceCrop, landmarks: np.ndarray) -> np.ndarray:
+    """Original-image landmarks (68, 2) expressed in the S x S crop.
+
+    Stands in for the original's second landmark detection (on the crop) when the caller gave the landmarks:
+    the reference kit's injected crop landmarks are exactly this mapping.
+    """
+    geometry = crop.geometry
+    if geometry is None:  # resize: the crop is the whole image
+        scale = np.array([crop.size / crop.image_size_wh[0], crop.size / crop.image_size_wh[1]])
+        return (landmarks * scale).astype(np.float32)
+    resize = np.array(geometry.align_rsize_wh, dtype=np.float64) / np.array(crop.image_size_wh, dtype=np.float64)
+    ox1, oy1, ox2, oy2 = geometry.paste_box_xyxy
+    scale = np.array([crop.size / (ox2 - ox1), crop.size / (oy2 - oy1)])
+    return ((landmarks.astype(np.float64) * resize - (ox1, oy1)) * scale).astype(np.float32)

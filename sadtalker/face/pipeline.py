@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from sadtalker.face.align import AlignedFace, align_for_recon
-from sadtalker.face.crop import FaceCrop, Preprocess, check_image, check_landmarks, check_preprocess, crop_face
+from sadtalker.face.crop import (
+    FaceCrop,
+    Preprocess,
+    check_image,
+    check_landmarks,
+    check_preprocess,
+    crop_face,
+    landmarks_in_crop,
+)
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.recon import ReconNet, source_coefficients
 
@@ -78,7 +86,8 @@ def prepare_source(
 
     Like the original, landmarks are found twice: on the original image (to place the crop; skipped in 'resize'
     mode) and again on the S x S crop (for the 3DMM alignment).  Either call can be replaced by injected
-    landmarks: ``landmarks`` in original-image pixels, ``crop_landmarks`` in crop pixels (both (68, 2), y down).
+    landmarks: ``landmarks`` in original-image pixels (the crop landmarks are then mapped from them unless
+    ``crop_landmarks`` are given), ``crop_landmarks`` in crop pixels (both (68, 2), y down).
     Raises ``NoFaceError`` when the detector finds no face.
     """
     image = check_image(image_rgb)
@@ -96,7 +105,10 @@ def prepare_source(
             landmarks_orig = check_landmarks(landmarks, "landmarks")
     crop = crop_face(image, landmarks_orig, preprocess=preprocess, size=size)
 
-    if crop_landmarks is None:
+    if crop_landmarks is None and landmarks_orig is not None and landmarks is not None:
+        # Given landmarks (a face the detector may miss): map them instead of detecting again on the crop.
+        lm_crop = landmarks_in_crop(crop, landmarks_orig)
+    elif crop_landmarks is None:
         found_crop = _need_landmarker(landmarker, "crop landmarks").detect(
             crop.crop_image, image_name=f"the face crop of {image_name}"
         )
