@@ -26,7 +26,6 @@ from sadtalker.audio import compute_audio_features
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.face.pipeline import prepare_source
 from sadtalker.media import load_audio, load_image
-from sadtalker.motion.coefficients import predict_motion
 from sadtalker.options import GenerateOptions
 from sadtalker.pipeline import SadTalker
 from sadtalker.render.renderer import frames_to_uint8
@@ -90,14 +89,11 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
 
     features = compute_audio_features(load_audio(case.audio))
     out.update(wav_16k=features.wav, mel=features.mel, indiv_mels=features.indiv_mels)
-    models = talker.models[options.size]
-    motion = predict_motion(
+    motion = talker.predict_motion(
         features,
-        face.source_coeff,
-        pose_style=options.pose_style,
-        audio2exp=models.audio2exp,
-        audio2pose=models.audio2pose,
-        still=options.still,
+        face,
+        options,
+        options.seed or 0,
         blink_ratio=case.inputs["blink_ratio"],
         pose_noise=case.inputs["audio2pose_z"],
     )

@@ -151,8 +151,16 @@ class SadTalker:
         )
 
     def predict_motion(
-        self, features: AudioFeatures, face: SourceFace, options: GenerateOptions, seed: int
+        self,
+        features: AudioFeatures,
+        face: SourceFace,
+        options: GenerateOptions,
+        seed: int,
+        *,
+        blink_ratio: np.ndarray | None = None,
+        pose_noise: np.ndarray | None = None,
     ) -> MotionResult:
+        """Expression and pose per frame; blinks and pose noise are drawn from ``seed`` unless given."""
         models = self._size_models(options)
         return predict_motion(
             features,
@@ -160,8 +168,12 @@ class SadTalker:
             pose_style=options.pose_style,
             audio2exp=models.audio2exp,
             audio2pose=models.audio2pose,
-            still=options.still,
+            # Eyes blink in still mode too: the original's current get_data zeroes blinks only when use_blink is
+            # off (never, from inference.py), and its golden still case records a non-zero blink ratio.
+            still=False,
+            blink_ratio=blink_ratio,
             blink_rng=random.Random(seed),
+            pose_noise=pose_noise,
             generator=torch.Generator().manual_seed(seed),
         )
 

@@ -22,7 +22,6 @@ When no face is found a frame comes back unchanged (with ``upscale=1``), as with
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
 from torchvision.transforms.functional import normalize
 
 from sadtalker.errors import RenderError
+from sadtalker.face.detect import load_detector
 from sadtalker.weights import CheckpointError, load_strict, read_torch
 
 GFPGAN_FILE = "GFPGANv1.4.pth"
@@ -295,20 +295,6 @@ def load_gfpgan(path: Path, device: torch.device) -> GFPGANv1Clean:
     )
     load_strict(net, checkpoint[key], f"{path.name}[{key}]")
     return net.to(device).eval()
-
-
-def load_detector(path: Path, device: torch.device) -> RetinaFace:
-    """facexlib RetinaFace ResNet-50 from a plain state dict (a leading 'module.' is stripped, as facexlib does)."""
-    state = read_torch(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a plain state dict of tensors (RetinaFace ResNet-50 weights)")
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    with warnings.catch_warnings():
-        # RetinaFace builds its trunk with torchvision's deprecated resnet50(pretrained=False): nothing is fetched.
-        warnings.simplefilter("ignore", UserWarning)
-        detector = RetinaFace(network_name="resnet50", half=False, device=device)
-    load_strict(detector, state, path.name)
-    return detector.to(device).eval()
 
 
 def load_parser(path: Path, device: torch.device) -> ParseNet:

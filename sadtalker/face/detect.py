@@ -82,7 +82,8 @@ def fan_landmarks98(aligner: FAN, crop_rgb: np.ndarray) -> np.ndarray:
     return points * (width / 64, height / 64)
 
 
-def _load_detector(path: Path, device: torch.device) -> RetinaFace:
+def load_detector(path: Path, device: torch.device) -> RetinaFace:
+    """facexlib RetinaFace ResNet-50 from its plain state dict (shared by the face stage and the enhancer)."""
     state = read_torch(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a plain state dict of tensors (RetinaFace ResNet-50 weights)")
@@ -117,7 +118,7 @@ class FaceLandmarker:
         missing = [name for name in (DETECTOR_FILE, ALIGNMENT_FILE) if not (directory / name).is_file()]
         if missing:
             raise CheckpointError(f"face landmark weights not found in {directory}: missing {', '.join(missing)}")
-        self.detector = _load_detector(directory / DETECTOR_FILE, self.device)
+        self.detector = load_detector(directory / DETECTOR_FILE, self.device)
         self.aligner = _load_aligner(directory / ALIGNMENT_FILE, self.device)
 
     @classmethod
