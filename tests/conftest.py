@@ -46,9 +46,9 @@ def _run_tool(script: str, *args: str) -> None:
 
 @pytest.fixture(scope="session")
 def synthetic_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint directory with synthetic files in the official formats (256 size, both mappings, enhancers).
+    """A checkpoint directory with synthetic files in the official formats (256 and 512, both mappings, enhancers).
 
-    Built once per session (~1 min, ~0.9 GB). Set SADTALKER_TEST_CHECKPOINTS to a directory that already
+    Built once per session (~1 min, ~2.2 GB). Set SADTALKER_TEST_CHECKPOINTS to a directory that already
     holds them to skip the build while developing.
     """
     prebuilt = os.environ.get("SADTALKER_TEST_CHECKPOINTS")
@@ -57,6 +57,6 @@ def synthetic_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not TOOLS.is_dir():
         pytest.skip(SKIP_NO_SHARED)
     out = tmp_path_factory.mktemp("checkpoints")
-    _run_tool("make_synthetic_checkpoints.py", "--out", str(out), "--size", "256")
+    _run_tool("make_synthetic_checkpoints.py", "--out", str(out), "--size", "both")
     _run_tool("make_synthetic_enhancer_weights.py", "--out", str(out))
     return out
