@@ -53,9 +53,16 @@ _STAGE_START = dict(zip(STAGES, itertools.accumulate(STAGES.values(), initial=0.
 @dataclass
 class _Progress:
     callback: ProgressCallback | None
+    current: str | None = None
+    since: float = 0.0
 
     def stage(self, name: str, within: float = 0.0) -> None:
-        """Report ``within`` (0..1) of stage ``name`` done, as a fraction of the whole job."""
+        """Report ``within`` (0..1) of stage ``name`` done, as a fraction of the whole job; log stage changes."""
+        if name != self.current:
+            now = time.perf_counter()
+            if self.current is not None:
+                logger.info("stage %s done in %.2f s", self.current, now - self.since)
+            self.current, self.since = name, now
         if self.callback is not None:
             done = _STAGE_START[name] + STAGES[name] * min(max(within, 0.0), 1.0)
             self.callback(name, round(done, 4))
@@ -266,5 +273,7 @@ class SadTalker:
                 writer.write(self.compose(frames, image, face, options, enhancer_noise))
                 written += len(frames)
                 tracker.stage("render", written / total)
+        tracker.stage("render", 1.0)
+        logger.info("stage render done in %.2f s", time.perf_counter() - tracker.since)
         logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)
         return output_path
