@@ -9,7 +9,7 @@ PORT ?= 3000
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint checkpoints verify bench clean-venv
+.PHONY: install serve test test-slow lint checkpoints verify bench image clean-venv
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/render.py
 	$(PY) bench/pipeline.py
+
+# The OCI image (docker if an engine runs, else buildah; see scripts/containerize and README "Container").
+IMAGE ?= sadtalker:latest
+image: $(STAMP)
+	scripts/containerize -t $(IMAGE)
 
 clean-venv:
 	rm -rf $(VENV)

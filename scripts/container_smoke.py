@@ -1,0 +1,150 @@
+"""Runs the built OCI image with buildah and renders one video through its HTTP API.
+
+    .venv/bin/python scripts/container_smoke.py --image sadtalker:latest --checkpoints DIR \\
+        --portrait face.png --audio speech.wav [--option crop] [--landmarks lm68.json]
+
+`buildah run --isolation chroot` is the stand-in for `docker run` where no container engine runs: it uses the
+image's environment, user (uid 1034) and working directory, and the host's network, so the server is on
+127.0.0.1:PORT.  The image's data directories are bind-mounted from a fresh work directory (inputs read-only,
+checkpoints read-only), exactly as the README's `docker run` does.  With SYNTHETIC checkpoints the face detector
+is random, so pass the 68 landmarks of the portrait (`--landmarks`, a JSON list of [x, y]) and keep GFPGAN to one
+face per frame (set here).  Exits non-zero unless the video lands in the mounted output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BENTO_USER = 1034
+ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] container_smoke: {message}", flush=True)
+
+
+def post(url: str, body: dict, timeout: float = 60) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_ready(base_url: str, server: subprocess.Popen, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with {server.returncode} before it was ready (see server.log)")
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(2)
+    raise SystemExit(f"server not ready after {timeout:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", default="sadtalker:latest", help="OCI image (buildah storage)")
+    parser.add_argument("--checkpoints", type=Path, required=True)
+    parser.add_argument("--portrait", type=Path, required=True)
+    parser.add_argument("--audio", type=Path, required=True)
+    parser.add_argument("--option", choices=("crop", "full"), default="crop")
+    parser.add_argument("--landmarks", type=Path, help="JSON list of 68 [x, y] points of the portrait")
+    parser.add_argument("--port", type=int, default=3300)
+    parser.add_argument("--workdir", type=Path, help="default: a new temporary directory (kept, it holds the video)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds for the job to finish")
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sadtalker-smoke-"))
+    mounts = {name: workdir / name for name in ("inputs", "output", "state")}
+    for name, path in mounts.items():
+        path.mkdir(parents=True, exist_ok=True)
+        if name != "inputs":
+            os.chown(path, BENTO_USER, BENTO_USER)  # the image runs as BentoML's uid 1034, as docker run would
+    shutil.copy(args.portrait, mounts["inputs"] / f"portrait{args.portrait.suffix}")
+    shutil.copy(args.audio, mounts["inputs"] / f"speech{args.audio.suffix}")
+    os.chmod(mounts["inputs"], 0o755)
+
+    env = dict(os.environ, BUILDAH_ISOLATION="chroot")
+    container = subprocess.run(
+        ["buildah", "from", args.image], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    log(f"container {container} from {args.image}; work directory {workdir}")
+    command = ["buildah", "run", "--isolation", "chroot"]
+    for key, value in {"SADTALKER_ALLOW_CPU": "1", "SADTALKER_ENHANCER_MAX_FACES": "1"}.items():
+        command += ["--env", f"{key}={value}"]
+    command += ["--volume", f"{args.checkpoints.resolve()}:/data/checkpoints:ro"]
+    command += ["--volume", f"{mounts['inputs']}:/data/inputs:ro"]
+    command += ["--volume", f"{mounts['output']}:/data/output", "--volume", f"{mounts['state']}:/data/state"]
+    command += [container, "--", ENTRYPOINT, "serve", "--port", str(args.port)]
+    log("$ " + " ".join(command))
+
+    base_url = f"http://127.0.0.1:{args.port}"
+    server_log = (workdir / "server.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        log(f"ready after {wait_ready(base_url, server, timeout=900):.1f} s")
+        request = {
+            "driven_audio": f"/data/inputs/speech{args.audio.suffix}",
+            "source_image": f"/data/inputs/portrait{args.portrait.suffix}",
+            "option": args.option,
+            "request_id": f"smoke-{args.option}-{int(time.time())}",
+        }
+        if args.landmarks:
+            request["landmarks"] = json.loads(args.landmarks.read_text())
+        started = time.monotonic()
+        status, body = post(f"{base_url}/generate", request)
+        log(f"/generate -> {status} {body!r} in {1000 * (time.monotonic() - started):.0f} ms")
+        if (status, body) != (200, "1"):
+            return 1
+        while True:
+            status, body = post(f"{base_url}/status", {"request_id": request["request_id"]})
+            job = json.loads(body)
+            if job.get("state") in ("completed", "failed"):
+                break
+            if time.monotonic() - started > args.timeout:
+                log(f"job not finished after {args.timeout:.0f} s: {job}")
+                return 1
+            time.sleep(10)
+        log(f"job {job['state']} after {time.monotonic() - started:.0f} s: {json.dumps(job)}")
+        if job["state"] != "completed":
+            return 1
+        video = mounts["output"] / Path(job["output_path"]).name
+        if not video.is_file():
+            log(f"{video} is missing on the host")
+            return 1
+        log(f"video on the host: {video} ({video.stat().st_size} bytes)")
+        status, metrics = 0, urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode()
+        log("metrics: " + "; ".join(line for line in metrics.splitlines() if line.startswith("sadtalker_jobs_")))
+        return 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            log(f"server stopped with exit code {server.wait(timeout=120)}")
+        except subprocess.TimeoutExpired:
+            server.kill()
+            log("server did not stop within 120 s; killed")
+        server_log.close()
+        subprocess.run(["buildah", "rm", container], env=env, capture_output=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
