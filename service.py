@@ -33,6 +33,9 @@ from bentoml.exceptions import BentoMLConfigException
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+# Imported here, not only lazily where used: a built Bento's src/ is on sys.path only while BentoML imports this
+# module, so later lazy imports (deployment hook, request threads, worker) resolve through this package object.
+import sadtalker  # noqa: F401
 from serving.config import ConfigError, ServingConfig
 from serving.jobs import NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight

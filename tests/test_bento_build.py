@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_service_http import Dirs, launch, post, server_env, wait_ready, wait_state
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).with_name("bentoml")
@@ -84,5 +85,42 @@ def test_dockerfile_has_system_packages_user_entrypoint_and_data_dirs(bento: Pat
     assert "SADTALKER_ALLOW_CPU" not in dockerfile
     # uv's download cache would otherwise stay in the image layer (measured: 12.9 GB image with it).
     assert dockerfile.index("ENV UV_NO_CACHE=$UV_NO_CACHE") < dockerfile.index("uv --directory")
+    assert "ARG BENTOML_DO_NOT_TRACK=True" in dockerfile
     setup = [p for p in (bento / "env" / "docker").iterdir() if p.name.startswith("script__")]
     assert len(setup) == 1 and "install -d -o 1034 -g 1034" in setup[0].read_text()
+
+
+# The image runs `bentoml serve $BENTO_PATH` from the Bento's directory.  BentoML takes the Bento's src/ off
+# sys.path again once the service module is imported, so anything imported lazily afterwards must resolve through
+# an already-imported package.  Serving the built Bento from elsewhere catches what serving the project cannot.
+
+
+def test_built_bento_fails_fast_without_checkpoints(bento: Path, tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    (tmp_path / "no-weights").mkdir()
+    env = server_env(dirs, SADTALKER_PIPELINE_FACTORY="", SADTALKER_CHECKPOINTS=str(tmp_path / "no-weights"))
+    server = launch(dirs, env, "bento-no-weights", target=str(bento), cwd=tmp_path)
+    try:
+        code = server.process.wait(timeout=180)
+    finally:
+        server.stop()
+    output = server.output()
+    assert code == 1, output
+    assert "SadTalker cannot start" in output and "no-weights" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_built_bento_serves_a_job(bento: Path, tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    server = launch(dirs, server_env(dirs), "bento-fake", target=str(bento), cwd=tmp_path)
+    try:
+        wait_ready(server)
+        response = post(server, "/generate", {"driven_audio": str(dirs.inputs / "speech.wav"),
+                                              "source_image": str(dirs.inputs / "face.png"), "option": "crop",
+                                              "request_id": "from-the-bento"})
+        assert (response.status_code, response.text) == (200, "1"), response.text
+        status = wait_state(server, "from-the-bento", {"completed", "failed"})
+        assert status["state"] == "completed", status
+        assert Path(status["output_path"]).parent == dirs.output and Path(status["output_path"]).is_file()
+    finally:
+        assert server.stop() == 0, server.output()

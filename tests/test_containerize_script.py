@@ -132,3 +132,10 @@ def test_unknown_argument_is_refused(stubs: Path) -> None:
 
 def test_script_is_executable() -> None:
     assert os.access(SCRIPT, os.X_OK) and os.access(ROOT / "scripts" / "make-base-image", os.X_OK)
+
+
+def test_help_describes_the_backends_and_the_base_image(stubs: Path) -> None:
+    result = run(stubs, "--help")
+    assert result.returncode == 0
+    assert "scripts/containerize [-t IMAGE:TAG]" in result.stdout and "SADTALKER_BASE_IMAGE" in result.stdout
+    assert calls(stubs) == []  # --help builds nothing

@@ -94,13 +94,16 @@ class Server:
         return int(self.process.returncode)
 
 
-def launch(dirs: Dirs, env: dict[str, str], name: str) -> Server:
+def launch(
+    dirs: Dirs, env: dict[str, str], name: str, target: str = "service:SadTalkerService", cwd: Path = REPO
+) -> Server:
+    """`bentoml serve TARGET` (the project's service, or a built Bento's directory as its image does)."""
     port = free_port()
     log = dirs.root / f"{name}.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [str(BENTOML), "serve", "service:SadTalkerService", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
+            [str(BENTOML), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
