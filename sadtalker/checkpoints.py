@@ -308,7 +308,8 @@ def checkpoint_paths(directory: str | Path, size: str | int = "256") -> Checkpoi
 # --------------------------------------------------------------------------------------------------------------
 
 ProblemKind = Literal[
-    "missing_file", "unreadable", "missing_key", "unexpected_key", "wrong_shape", "wrong_dtype", "checksum"
+    "missing_file", "no_permission", "unreadable", "missing_key", "unexpected_key", "wrong_shape", "wrong_dtype",
+    "checksum",
 ]
 
 
@@ -460,6 +461,9 @@ def verify_file(path: str | Path, spec: CheckpointFile, *, check_sha256: bool = 
             found: Mapping[str, TensorSpec | None] = read_safetensors_header(path)
         else:
             found, missing_top = read_torch_layout(path, layout)
+    except PermissionError:
+        # Typical with mounted volumes: files owned by another user with mode 0600 (the image runs as uid 1034).
+        return [Problem(name, "no_permission", f"{path} is not readable by this process (uid {os.getuid()})")]
     except (_Unreadable, OSError) as exc:
         return [Problem(name, "unreadable", f"{path}: {exc}")]
     problems = [
@@ -521,10 +525,14 @@ def require_checkpoints(
     """Start-up gate: raise CheckpointError listing every problem and the command that fixes them."""
     problems = verify_checkpoints(directory, sizes, include_enhancer=include_enhancer, manifest=manifest)
     if problems:
+        fixes = []
+        if any(problem.kind == "no_permission" for problem in problems):
+            fixes.append(f"make the files readable by uid {os.getuid()} (e.g. `chmod a+r {directory}/*`)")
+        if any(problem.kind != "no_permission" for problem in problems):
+            fixes.append(f"run `{fix_command(directory, sizes)}` (re-downloads missing or damaged files)")
         raise CheckpointError(
             f"checkpoint directory {directory} is not usable:\n{format_problems(problems)}\n"
-            f"Fix: run `{fix_command(directory, sizes)}` (re-downloads missing or damaged files), "
-            f"then `python -m sadtalker.checkpoints verify --dir {directory}`."
+            f"Fix: {'; '.join(fixes)}, then `python -m sadtalker.checkpoints verify --dir {directory}`."
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 import threading
@@ -524,3 +525,27 @@ def test_cli_download_with_mirror_env(server, synthetic_checkpoints: Path, tmp_p
     assert ck.main(["download", "--dir", str(root), "--size", "256", "--no-progress"]) == 0
     assert state.requests == [(MAPPING_CROP, None)]
     assert verify_checkpoints(root, ("256",)) == []
+
+
+def test_unreadable_permission_names_the_uid_and_the_chmod_fix(
+    synthetic_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen when mounting synthetic (mode 0600, root-owned) weights into the image, which runs as uid 1034.
+    # Tests run as root in CI, where chmod cannot deny a read, so the read itself is made to fail.
+    root = _link_dir(synthetic_checkpoints, tmp_path / "ckpt")
+    real_reader = ck.read_safetensors_header
+
+    def reader(path: Path):
+        if Path(path).name == ST256:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_reader(path)
+
+    monkeypatch.setattr(ck, "read_safetensors_header", reader)
+    (problem,) = verify_checkpoints(root, ("256",))
+    assert (problem.file, problem.kind) == (ST256, "no_permission")
+    assert f"not readable by this process (uid {os.getuid()})" in problem.message
+    with pytest.raises(CheckpointError) as info:
+        require_checkpoints(root, ("256",))
+    message = str(info.value)
+    assert f"make the files readable by uid {os.getuid()} (e.g. `chmod a+r {root}/*`)" in message
+    assert "download" not in message  # re-downloading would not help
