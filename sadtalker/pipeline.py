@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sadtalker.audio import FPS, AudioFeatures, compute_audio_features
+from sadtalker.audio import FPS, SAMPLE_RATE, AudioFeatures, compute_audio_features
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
@@ -118,6 +118,9 @@ class SadTalker:
                 max_faces=enhancer_max_faces,
                 detector=self.landmarker.detector if self.landmarker is not None else None,  # share RetinaFace
             )
+        # librosa's first STFT compiles numba helpers: ~30 s where numba has no cache on disk (a fresh container),
+        # paid here at load rather than by the first job.
+        compute_audio_features(np.zeros(SAMPLE_RATE // FPS, dtype=np.float32))
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",

@@ -46,10 +46,11 @@ def post(url: str, body: dict, timeout: float = 60) -> tuple[int, str]:
 
 
 def wait_ready(base_url: str, server: subprocess.Popen, timeout: float) -> float:
+    """Seconds until /readyz answers 200 (BentoML: after the service constructor loaded every model)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode} before it was ready (see server.log)")
+            raise SystemExit(f"server exited with {server.returncode} before it was ready (see server-N.log)")
         try:
             with urllib.request.urlopen(f"{base_url}/readyz", timeout=5) as response:
                 if response.status == 200:
@@ -71,6 +72,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=3300)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory (kept, it holds the video)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds for the job to finish")
+    parser.add_argument(
+        "--restart-after-submit",
+        action="store_true",
+        help="stop the container while it renders and start a new one on the same volumes: the job must survive",
+    )
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sadtalker-smoke-"))
@@ -83,25 +89,18 @@ def main() -> int:
     shutil.copy(args.audio, mounts["inputs"] / f"speech{args.audio.suffix}")
     os.chmod(mounts["inputs"], 0o755)
 
-    env = dict(os.environ, BUILDAH_ISOLATION="chroot")
-    container = subprocess.run(
-        ["buildah", "from", args.image], env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    log(f"container {container} from {args.image}; work directory {workdir}")
-    command = ["buildah", "run", "--isolation", "chroot"]
-    for key, value in {"SADTALKER_ALLOW_CPU": "1", "SADTALKER_ENHANCER_MAX_FACES": "1"}.items():
-        command += ["--env", f"{key}={value}"]
-    command += ["--volume", f"{args.checkpoints.resolve()}:/data/checkpoints:ro"]
-    command += ["--volume", f"{mounts['inputs']}:/data/inputs:ro"]
-    command += ["--volume", f"{mounts['output']}:/data/output", "--volume", f"{mounts['state']}:/data/state"]
-    command += [container, "--", ENTRYPOINT, "serve", "--port", str(args.port)]
-    log("$ " + " ".join(command))
-
     base_url = f"http://127.0.0.1:{args.port}"
-    server_log = (workdir / "server.log").open("w")
-    server = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    volumes = {
+        args.checkpoints.resolve(): "/data/checkpoints:ro",
+        mounts["inputs"]: "/data/inputs:ro",
+        mounts["output"]: "/data/output",
+        mounts["state"]: "/data/state",
+    }
+    server = Server(args.image, volumes, args.port, workdir)
+    extra_env = {"SADTALKER_SHUTDOWN_GRACE": "5"} if args.restart_after_submit else {}
+    server.start(extra_env)
     try:
-        log(f"ready after {wait_ready(base_url, server, timeout=900):.1f} s")
+        log(f"ready after {server.wait_ready(base_url, timeout=900):.1f} s")
         request = {
             "driven_audio": f"/data/inputs/speech{args.audio.suffix}",
             "source_image": f"/data/inputs/portrait{args.portrait.suffix}",
@@ -115,6 +114,13 @@ def main() -> int:
         log(f"/generate -> {status} {body!r} in {1000 * (time.monotonic() - started):.0f} ms")
         if (status, body) != (200, "1"):
             return 1
+        if args.restart_after_submit:
+            time.sleep(15)  # let the worker start rendering, then stop the container under it
+            log(f"job before the restart: {post(f'{base_url}/status', {'request_id': request['request_id']})[1]}")
+            server.stop()
+            log("starting a NEW container on the same volumes")
+            server.start({})
+            log(f"ready after {server.wait_ready(base_url, timeout=900):.1f} s")
         while True:
             status, body = post(f"{base_url}/status", {"request_id": request["request_id"]})
             job = json.loads(body)
@@ -132,18 +138,59 @@ def main() -> int:
             log(f"{video} is missing on the host")
             return 1
         log(f"video on the host: {video} ({video.stat().st_size} bytes)")
-        status, metrics = 0, urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode()
+        leftovers = [p.name for p in mounts["output"].iterdir() if p != video] + [
+            p.name for p in (mounts["state"] / "tmp").iterdir()
+        ]
+        log(f"other files in output/ and state/tmp/: {leftovers or 'none'}")
+        metrics = urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode()
         log("metrics: " + "; ".join(line for line in metrics.splitlines() if line.startswith("sadtalker_jobs_")))
-        return 0
+        return 0 if not leftovers else 1
     finally:
-        server.send_signal(signal.SIGTERM)
+        server.stop()
+
+
+class Server:
+    """One `buildah run` of the image at a time; each start is a fresh container (as `docker run --rm` would be)."""
+
+    def __init__(self, image: str, volumes: dict[Path, str], port: int, workdir: Path) -> None:
+        self.image, self.volumes, self.port, self.workdir = image, volumes, port, workdir
+        self.env = dict(os.environ, BUILDAH_ISOLATION="chroot")
+        self.container = ""
+        self.process: subprocess.Popen | None = None
+        self.runs = 0
+
+    def start(self, extra_env: dict[str, str]) -> None:
+        self.container = subprocess.run(
+            ["buildah", "from", self.image], env=self.env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        command = ["buildah", "run", "--isolation", "chroot"]
+        settings = {"SADTALKER_ALLOW_CPU": "1", "SADTALKER_ENHANCER_MAX_FACES": "1", **extra_env}
+        for key, value in settings.items():
+            command += ["--env", f"{key}={value}"]
+        for host, target in self.volumes.items():
+            command += ["--volume", f"{host}:{target}"]
+        command += [self.container, "--", ENTRYPOINT, "serve", "--port", str(self.port)]
+        self.runs += 1
+        log(f"container {self.container} from {self.image}; work directory {self.workdir}")
+        log("$ " + " ".join(command))
+        with (self.workdir / f"server-{self.runs}.log").open("w") as sink:
+            self.process = subprocess.Popen(command, env=self.env, stdout=sink, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, base_url: str, timeout: float) -> float:
+        assert self.process is not None
+        return wait_ready(base_url, self.process, timeout)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
         try:
-            log(f"server stopped with exit code {server.wait(timeout=120)}")
+            log(f"server stopped with exit code {self.process.wait(timeout=120)}")
         except subprocess.TimeoutExpired:
-            server.kill()
+            self.process.kill()
             log("server did not stop within 120 s; killed")
-        server_log.close()
-        subprocess.run(["buildah", "rm", container], env=env, capture_output=True)
+        self.process = None
+        subprocess.run(["buildah", "rm", self.container], env=self.env, capture_output=True)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def test_dockerfile_has_system_packages_user_entrypoint_and_data_dirs(bento: Pat
     # uv's download cache would otherwise stay in the image layer (measured: 12.9 GB image with it).
     assert dockerfile.index("ENV UV_NO_CACHE=$UV_NO_CACHE") < dockerfile.index("uv --directory")
     assert "ARG BENTOML_DO_NOT_TRACK=True" in dockerfile
+    assert "ARG NUMBA_CACHE_DIR=/data/state/cache/numba" in dockerfile  # writable by uid 1034, survives restarts
     setup = [p for p in (bento / "env" / "docker").iterdir() if p.name.startswith("script__")]
     assert len(setup) == 1 and "install -d -o 1034 -g 1034" in setup[0].read_text()
 
