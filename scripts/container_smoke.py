@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 BENTO_USER = 1034
 ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
@@ -96,6 +99,9 @@ def main() -> int:
         mounts["output"]: "/data/output",
         mounts["state"]: "/data/state",
     }
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+            raise SystemExit(f"something already listens on {base_url}; stop it or pick another --port")
     server = Server(args.image, volumes, args.port, workdir)
     extra_env = {"SADTALKER_SHUTDOWN_GRACE": "5"} if args.restart_after_submit else {}
     server.start(extra_env)
@@ -149,6 +155,15 @@ def main() -> int:
         server.stop()
 
 
+def _is_serve(process: psutil.Process) -> bool:
+    """`.../bentoml serve ...` (run directly or as `python .../bentoml serve`)."""
+    try:
+        words = process.cmdline()
+    except psutil.Error:
+        return False
+    return any(Path(word).name == "bentoml" and words[i + 1 : i + 2] == ["serve"] for i, word in enumerate(words))
+
+
 class Server:
     """One `buildah run` of the image at a time; each start is a fresh container (as `docker run --rm` would be)."""
 
@@ -181,15 +196,31 @@ class Server:
         return wait_ready(base_url, self.process, timeout)
 
     def stop(self) -> None:
+        """SIGTERM to `bentoml serve` itself, as `docker stop` sends it to the container's PID 1.
+
+        `buildah run` answers SIGTERM by killing its child outright; with chroot isolation the server is an
+        ordinary host process, so it is signalled directly and shuts down the way it would under docker.
+        """
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        descendants = psutil.Process(self.process.pid).children(recursive=True)
+        servers = [child for child in descendants if _is_serve(child)]
+        pids = {server.pid for server in servers}
+        top = [server for server in servers if server.ppid() not in pids]  # not its own worker processes
+        target = top[0] if top else psutil.Process(self.process.pid)
+        log(f"SIGTERM to pid {target.pid} (bentoml serve: {bool(top)})")
+        target.send_signal(signal.SIGTERM)
         try:
             log(f"server stopped with exit code {self.process.wait(timeout=120)}")
         except subprocess.TimeoutExpired:
             self.process.kill()
             log("server did not stop within 120 s; killed")
         self.process = None
+        # No PID namespace under chroot isolation: a worker that outlived its arbiter would keep the port.
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        for leftover in alive:
+            log(f"killing leftover pid {leftover.pid}")
+            leftover.kill()
         subprocess.run(["buildah", "rm", self.container], env=self.env, capture_output=True)
 
 

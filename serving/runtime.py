@@ -166,7 +166,9 @@ class Runtime:
         )
         self.worker.stop(grace)
         self.worker.update_queue_gauge()
-        log.info("shutdown complete; %d job(s) stay queued for the next start", self.store.count(JobState.QUEUED))
+        # A job still "running" here belongs to a render thread that did not stop in time: the next start requeues it.
+        pending = self.store.count(JobState.QUEUED) + self.store.count(JobState.RUNNING)
+        log.info("shutdown complete; %d job(s) will run at the next start", pending)
 
     def system_info(self) -> SystemInfo:
         import bentoml

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -227,3 +228,16 @@ def test_one_line() -> None:
     assert one_line("dir is not usable:\na.bin: 1 problem(s)\n  - missing\nFix: run x") == (
         "dir is not usable: a.bin: 1 problem(s); missing; Fix: run x"
     )
+
+
+def test_shutdown_counts_the_running_job_among_those_for_the_next_start(
+    config: ServingConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seen in the container: a CPU frame outlasted the abort wait, the job stayed "running", and the log said 0.
+    runtime = start(config)
+    runtime.jobs.submit(req(config))
+    runtime.jobs.submit(req(config))
+    runtime.store.claim_next()  # its render thread never stopped
+    with caplog.at_level(logging.INFO, logger="sadtalker.serving"):
+        runtime.shutdown()
+    assert "shutdown complete; 2 job(s) will run at the next start" in caplog.text
