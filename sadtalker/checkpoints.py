@@ -515,6 +515,16 @@ def fix_command(directory: str | Path, sizes: Iterable[str | int]) -> str:
     return f"python -m sadtalker.checkpoints download --dir {directory} --size {size_arg}"
 
 
+def fix_advice(directory: str | Path, sizes: Iterable[str | int], problems: Sequence[Problem]) -> str:
+    """What fixes ``problems``: permissions need chmod, anything else a (re-)download."""
+    fixes = []
+    if any(problem.kind == "no_permission" for problem in problems):
+        fixes.append(f"make the files readable by uid {os.getuid()} (e.g. `chmod a+r {directory}/*`)")
+    if any(problem.kind != "no_permission" for problem in problems):
+        fixes.append(f"run `{fix_command(directory, sizes)}` (re-downloads missing or damaged files)")
+    return "; ".join(fixes)
+
+
 def require_checkpoints(
     directory: str | Path,
     sizes: Iterable[str | int] = ("256",),
@@ -525,14 +535,10 @@ def require_checkpoints(
     """Start-up gate: raise CheckpointError listing every problem and the command that fixes them."""
     problems = verify_checkpoints(directory, sizes, include_enhancer=include_enhancer, manifest=manifest)
     if problems:
-        fixes = []
-        if any(problem.kind == "no_permission" for problem in problems):
-            fixes.append(f"make the files readable by uid {os.getuid()} (e.g. `chmod a+r {directory}/*`)")
-        if any(problem.kind != "no_permission" for problem in problems):
-            fixes.append(f"run `{fix_command(directory, sizes)}` (re-downloads missing or damaged files)")
         raise CheckpointError(
             f"checkpoint directory {directory} is not usable:\n{format_problems(problems)}\n"
-            f"Fix: {'; '.join(fixes)}, then `python -m sadtalker.checkpoints verify --dir {directory}`."
+            f"Fix: {fix_advice(directory, sizes, problems)}, "
+            f"then `python -m sadtalker.checkpoints verify --dir {directory}`."
         )
 
 
@@ -856,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = verify_checkpoints(args.dir, sizes, include_enhancer=include_enhancer, manifest=manifest)
     if problems:
         print(format_problems(problems, limit_per_file=50), file=sys.stderr)
-        print(f"FAILED: {len(problems)} problem(s). Fix: {fix_command(args.dir, sizes)}", file=sys.stderr)
+        print(f"FAILED: {len(problems)} problem(s). Fix: {fix_advice(args.dir, sizes, problems)}", file=sys.stderr)
         return 1
     count = len(manifest.select(sizes, include_enhancer=include_enhancer))
     print(f"OK: {count} file(s) in {args.dir} match the manifest")

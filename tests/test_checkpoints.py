@@ -528,7 +528,7 @@ def test_cli_download_with_mirror_env(server, synthetic_checkpoints: Path, tmp_p
 
 
 def test_unreadable_permission_names_the_uid_and_the_chmod_fix(
-    synthetic_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Seen when mounting synthetic (mode 0600, root-owned) weights into the image, which runs as uid 1034.
     # Tests run as root in CI, where chmod cannot deny a read, so the read itself is made to fail.
@@ -549,3 +549,5 @@ def test_unreadable_permission_names_the_uid_and_the_chmod_fix(
     message = str(info.value)
     assert f"make the files readable by uid {os.getuid()} (e.g. `chmod a+r {root}/*`)" in message
     assert "download" not in message  # re-downloading would not help
+    assert ck.main(["verify", "--dir", str(root), "--size", "256"]) == 1
+    assert "FAILED: 1 problem(s). Fix: make the files readable by uid" in capsys.readouterr().err
