@@ -276,7 +276,6 @@ class SadTalker:
                 writer.write(self.compose(frames, image, face, options, enhancer_noise))
                 written += len(frames)
                 tracker.stage("render", written / total)
-        tracker.stage("render", 1.0)
         logger.info("stage render done in %.2f s", time.perf_counter() - tracker.since)
         logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)
         return output_path

@@ -29,23 +29,15 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from the project root
+from serving.client import JobFailed, SadTalkerClient, wait_for  # noqa: E402
+
 BENTO_USER = 1034
 ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] container_smoke: {message}", flush=True)
-
-
-def post(url: str, body: dict, timeout: float = 60) -> tuple[int, str]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def wait_ready(base_url: str, server: subprocess.Popen, timeout: float) -> float:
@@ -116,29 +108,29 @@ def main() -> int:
         if args.landmarks:
             request["landmarks"] = json.loads(args.landmarks.read_text())
         started = time.monotonic()
-        status, body = post(f"{base_url}/generate", request)
-        log(f"/generate -> {status} {body!r} in {1000 * (time.monotonic() - started):.0f} ms")
-        if (status, body) != (200, "1"):
+        with SadTalkerClient(base_url, timeout=60) as client:
+            answer = client.generate(**request)
+        log(f"/generate -> {answer!r} in {1000 * (time.monotonic() - started):.0f} ms")
+        if str(answer).strip() != "1":
             return 1
         if args.restart_after_submit:
             time.sleep(15)  # let the worker start rendering, then stop the container under it
-            log(f"job before the restart: {post(f'{base_url}/status', {'request_id': request['request_id']})[1]}")
+            with SadTalkerClient(base_url, timeout=60) as client:
+                log(f"job before the restart: {client.status(request_id=request['request_id'])}")
             server.stop()
             log("starting a NEW container on the same volumes")
             server.start({})
             log(f"ready after {server.wait_ready(base_url, timeout=900):.1f} s")
-        while True:
-            status, body = post(f"{base_url}/status", {"request_id": request["request_id"]})
-            job = json.loads(body)
-            if job.get("state") in ("completed", "failed"):
-                break
-            if time.monotonic() - started > args.timeout:
-                log(f"job not finished after {args.timeout:.0f} s: {job}")
-                return 1
-            time.sleep(10)
-        log(f"job {job['state']} after {time.monotonic() - started:.0f} s: {json.dumps(job)}")
-        if job["state"] != "completed":
+        try:
+            with SadTalkerClient(base_url, timeout=60) as client:
+                job = wait_for(
+                    client, request["request_id"], poll_seconds=10, timeout_seconds=args.timeout,
+                    on_status=lambda status: log(f"{status['state']} {status['stage']} {status['progress']:.0f} %"),
+                )  # fmt: skip
+        except (JobFailed, TimeoutError) as exc:
+            log(f"job did not complete: {exc}")
             return 1
+        log(f"job completed after {time.monotonic() - started:.0f} s: {json.dumps(job)}")
         video = mounts["output"] / Path(job["output_path"]).name
         if not video.is_file():
             log(f"{video} is missing on the host")

@@ -53,7 +53,6 @@ def generate_and_wait(
     done within ``timeout_seconds``.  ``on_status(status)`` is called after every poll (progress bars).
     """
     import secrets
-    import time
 
     request_id = request_id or f"client-{secrets.token_hex(8)}"
     answer = client.generate(
@@ -61,6 +60,22 @@ def generate_and_wait(
     )
     if str(answer).strip() != "1":
         raise RuntimeError(f"unexpected answer from /generate: {answer!r}")
+    return wait_for(
+        client, request_id, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_status=on_status
+    )
+
+
+def wait_for(
+    client: bentoml.SyncHTTPClient,
+    request_id: str,
+    *,
+    poll_seconds: float = 2.0,
+    timeout_seconds: float = 3600.0,
+    on_status: Any = None,
+) -> dict[str, Any]:
+    """Follow ``/status`` of an accepted job until it is completed (returned) or failed (``JobFailed``)."""
+    import time
+
     deadline = time.monotonic() + timeout_seconds
     while True:
         status = client.status(request_id=request_id)

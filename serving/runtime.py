@@ -167,7 +167,8 @@ class Runtime:
         self.worker.stop(grace)
         self.worker.update_queue_gauge()
         # A job still "running" here belongs to a render thread that did not stop in time: the next start requeues it.
-        pending = self.store.count(JobState.QUEUED) + self.store.count(JobState.RUNNING)
+        counts = self.store.counts()
+        pending = counts[JobState.QUEUED] + counts[JobState.RUNNING]
         log.info("shutdown complete; %d job(s) will run at the next start", pending)
 
     def system_info(self) -> SystemInfo:
