@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from sadtalker.checkpoints import checkpoint_paths
+from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
+from sadtalker.contracts import CROP_COEFFS, FULL_COEFFS
 from sadtalker.face.recon import ReconNet
 from sadtalker.motion.audio2exp import Audio2ExpNet
 from sadtalker.motion.audio2pose import Audio2PoseNet
@@ -20,8 +21,7 @@ from sadtalker.weights import load_strict, read_safetensors
 
 logger = logging.getLogger(__name__)
 
-CROP_COEFFS = 70  # mapping_00229: preprocess crop / resize
-FULL_COEFFS = 73  # mapping_00109: preprocess full (crop parameters appended)
+__all__ = ["CROP_COEFFS", "FULL_COEFFS", "SizeModels", "load_size_models"]
 
 
 @dataclass
@@ -36,14 +36,17 @@ class SizeModels:
 
 
 def load_size_models(
-    checkpoint_dir: str | Path, size: int, device: torch.device, coeff_counts: Iterable[int] = (70, 73)
+    checkpoints: str | Path | CheckpointPaths,
+    size: int,
+    device: torch.device,
+    coeff_counts: Iterable[int] = (CROP_COEFFS, FULL_COEFFS),
 ) -> SizeModels:
     """Read ``SadTalker_V0.0.2_<size>.safetensors`` ONCE and build all five networks from it.
 
     The keypoint detector and generator are shared by the crop (70) and full (73) renderers; only the small
     mapping net differs.
     """
-    paths = checkpoint_paths(checkpoint_dir, size)
+    paths = checkpoint_paths(checkpoints, size)
     started = time.perf_counter()
     state = read_safetensors(paths.sadtalker)
     source = paths.sadtalker.name
@@ -53,7 +56,7 @@ def load_size_models(
 
     renderers: dict[int, Renderer] = {}
     for coeff_nc in sorted(set(coeff_counts)):
-        mapping_path = paths.mapping_full if coeff_nc == FULL_COEFFS else paths.mapping_crop
+        mapping_path = paths.mapping_for(coeff_nc)
         if not renderers:
             renderers[coeff_nc] = Renderer.from_checkpoint(
                 state, mapping_path, coeff_nc=coeff_nc, device=device, source_name=source

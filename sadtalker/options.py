@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from sadtalker.contracts import Preprocess, coeff_count
+
 Preset = Literal["crop", "full"]
-Preprocess = Literal["crop", "full", "resize"]
 Enhancer = Literal["gfpgan", "none"]
 RenderSize = Literal[256, 512]
 
@@ -51,7 +52,7 @@ class GenerateOptions:
     @property
     def coeff_nc(self) -> int:
         """Coefficients per frame the mapping net takes: 73 (crop parameters appended) for full, else 70."""
-        return 73 if self.preprocess == "full" else 70
+        return coeff_count(self.preprocess)
 
     @classmethod
     def preset(cls, name: Preset, **overrides: object) -> GenerateOptions:

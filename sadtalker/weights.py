@@ -1,16 +1,111 @@
-"""Reading checkpoint files once and loading their tensors strictly into our modules."""
+"""Reading checkpoint files once and loading their tensors strictly into our modules.
+
+``torch.save`` files are read with ``weights_only=True``: tensors and plain containers, never pickled code. A
+published file may also pickle harmless objects (numpy scalars, an optimizer's step counter); the operator admits
+those by name with ``SADTALKER_ALLOWED_PICKLE_GLOBALS`` (comma-separated, e.g.
+``numpy.core.multiarray.scalar,numpy.dtype``), which are allowed for our loads only (``torch.serialization
+.safe_globals``), never by turning weights-only loading off.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from sadtalker.errors import CheckpointError, PickleRefusedError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or does not match the module that loads it."""
+__all__ = [
+    "ENV_ALLOWED_PICKLE_GLOBALS",
+    "CheckpointError",
+    "PickleRefusedError",
+    "allowed_pickle_globals",
+    "load_strict",
+    "load_torch_file",
+    "read_safetensors",
+    "read_torch",
+    "take_prefix",
+]
+
+ENV_ALLOWED_PICKLE_GLOBALS = "SADTALKER_ALLOWED_PICKLE_GLOBALS"
+# What torch's weights-only unpickler names in its refusal: a GLOBAL opcode, or a class it was asked to BUILD.
+_REFUSED_RE = re.compile(r"GLOBAL ([\w.]+) was not an allowed global|but got <class '([\w.]+)'>")
+
+
+def _import_global(name: str) -> object:
+    """``"numpy.core.multiarray.scalar"`` -> that object (longest importable module prefix, then attributes)."""
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            obj = getattr(obj, attribute)
+        return obj
+    raise ImportError(f"no module in {name!r}")
+
+
+def allowed_pickle_globals(value: str | None = None) -> list[tuple[Any, str]]:
+    """The operator's allow-list (``$SADTALKER_ALLOWED_PICKLE_GLOBALS`` unless ``value`` is given) as
+    ``(object, name)`` pairs for ``torch.serialization.safe_globals``.
+
+    The name is kept as written: a file pickled under numpy 1 refers to ``numpy.core.multiarray.scalar``, which
+    numpy 2 defines in ``numpy._core``; torch matches the name recorded in the file.
+    """
+    if value is None:
+        value = os.environ.get(ENV_ALLOWED_PICKLE_GLOBALS, "")
+    allowed: list[tuple[Any, str]] = []
+    for name in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            allowed.append((_import_global(name), name))
+        except (ImportError, AttributeError) as exc:
+            raise CheckpointError(f"{ENV_ALLOWED_PICKLE_GLOBALS}: cannot import {name!r} ({exc})") from None
+    return allowed
+
+
+def _refused_globals(path: Path, exc: pickle.UnpicklingError, allowed: set[str]) -> tuple[str, ...]:
+    """Every global of ``path`` the weights-only unpickler refuses (all at once when torch can list them)."""
+    try:
+        listed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # legacy (non-zip) files cannot be scanned; fall back to the one torch named
+        listed = []
+    refused = [name for name in listed if name not in allowed]
+    if not refused:
+        refused = [a or b for a, b in _REFUSED_RE.findall(str(exc))]
+    return tuple(dict.fromkeys(refused))
+
+
+def load_torch_file(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` onto the CPU, admitting the operator's allowed globals only.
+
+    Raises ``PickleRefusedError`` with one line naming the file and the refused globals (and the variable that
+    admits them); other failures propagate as torch raises them.
+    """
+    path = Path(path)
+    allowed = allowed_pickle_globals()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        names = {name for _, name in allowed}
+        refused = _refused_globals(path, exc, names)
+        if not refused:
+            raise
+        admit = ",".join([*(name for _, name in allowed), *refused])
+        raise PickleRefusedError(
+            f"{path}: weights-only loading refuses the pickled global(s) {', '.join(refused)}; if you trust this "
+            f"file, admit them by name: {ENV_ALLOWED_PICKLE_GLOBALS}={admit}",
+            path=path,
+            refused=refused,
+        ) from None
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -32,7 +127,9 @@ def read_torch(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (run `python -m sadtalker.checkpoints download`)")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_torch_file(path)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from exc
 

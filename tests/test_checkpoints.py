@@ -1,4 +1,4 @@
-"""Checkpoint manifest, structural verification and resumable download (sadtalker/checkpoints.py).
+"""Checkpoint manifest, structural verification and resumable download (the sadtalker/checkpoints package).
 
 Download tests run against a local HTTP server on 127.0.0.1 serving small synthetic files; no real network.
 """
@@ -21,20 +21,22 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sadtalker import checkpoints as ck
-from sadtalker.checkpoints import (
+from sadtalker.checkpoints import cli
+from sadtalker.checkpoints import download as dl
+from sadtalker.checkpoints import verify as vf
+from sadtalker.checkpoints.download import DownloadError, download_checkpoints
+from sadtalker.checkpoints.files import checkpoint_paths
+from sadtalker.checkpoints.manifest import (
+    MANIFEST_PATH,
     CheckpointFile,
-    DownloadError,
     Layout,
     Manifest,
     TensorSpec,
-    checkpoint_paths,
-    download_checkpoints,
-    require_checkpoints,
-    verify_checkpoints,
-    verify_file,
+    default_manifest,
 )
-from sadtalker.weights import CheckpointError
+from sadtalker.checkpoints.verify import require_checkpoints, verify_checkpoints, verify_file
+from sadtalker.contracts import CROP_COEFFS, FULL_COEFFS
+from sadtalker.errors import CheckpointError
 
 ST256 = "SadTalker_V0.0.2_256.safetensors"
 MAPPING_CROP = "mapping_00229-model.pth.tar"
@@ -63,7 +65,7 @@ def _tiny_state(seed: int, channels: int = 8) -> dict[str, torch.Tensor]:
 def _link_dir(source: Path, target: Path, *, skip: tuple[str, ...] = ()) -> Path:
     """A checkpoint dir whose files are symlinks to ``source`` (no copies of the 725 MB file)."""
     target.mkdir(parents=True, exist_ok=True)
-    for spec in ck.default_manifest().files:
+    for spec in default_manifest().files:
         if spec.name not in skip and (source / spec.name).exists():
             (target / spec.name).symlink_to((source / spec.name).resolve())
     return target
@@ -88,7 +90,7 @@ def _rewrite_safetensors_header(source: Path, target: Path, edit: Callable[[dict
 
 
 def test_packaged_manifest_lists_every_official_file() -> None:
-    manifest = ck.default_manifest()
+    manifest = default_manifest()
     names = [spec.name for spec in manifest.files]
     assert names == [
         ST256, "SadTalker_V0.0.2_512.safetensors", MAPPING_CROP, "mapping_00109-model.pth.tar",
@@ -106,11 +108,11 @@ def test_packaged_manifest_lists_every_official_file() -> None:
     assert manifest.file(MAPPING_CROP).layout.tensors["first.0.weight"].shape == (1024, 70, 7)
     assert manifest.file("mapping_00109-model.pth.tar").layout.tensors["first.0.weight"].shape == (1024, 73, 7)
     assert manifest.file("GFPGANv1.4.pth").layout.state_dict_keys == ("params_ema", "params")
-    assert ck.MANIFEST_PATH.stat().st_size < 300_000
+    assert MANIFEST_PATH.stat().st_size < 300_000
 
 
 def test_manifest_selection_by_size_and_enhancer() -> None:
-    manifest = ck.default_manifest()
+    manifest = default_manifest()
     names_256 = {spec.name for spec in manifest.select(["256"])}
     assert ST256 in names_256 and "SadTalker_V0.0.2_512.safetensors" not in names_256
     assert len(names_256) == 7
@@ -127,7 +129,7 @@ def test_manifest_selection_by_size_and_enhancer() -> None:
 def test_manifest_matches_reference_layout(reference_dir: Path) -> None:
     """The packaged SadTalker layouts equal the reference kit's checkpoint_layout.json, key for key."""
     reference = json.loads((reference_dir / "checkpoint_layout.json").read_text())
-    manifest = ck.default_manifest()
+    manifest = default_manifest()
     for name, entry in reference["files"].items():
         expected = {t["key"]: TensorSpec(tuple(t["shape"]), t["dtype"]) for t in entry["tensors"]}
         assert dict(manifest.file(name).layout.tensors) == expected, name
@@ -144,9 +146,9 @@ def test_tensor_spec_round_trip() -> None:
 def test_checkpoint_paths(tmp_path: Path) -> None:
     paths = checkpoint_paths(tmp_path, 512)
     assert paths.size == "512" and paths.sadtalker == tmp_path / "SadTalker_V0.0.2_512.safetensors"
-    assert paths.mapping_for("crop") == tmp_path / MAPPING_CROP
-    assert paths.mapping_for("extfull") == tmp_path / "mapping_00109-model.pth.tar"
-    names = {spec.name for spec in ck.default_manifest().select("512")}
+    assert paths.mapping_for(CROP_COEFFS) == tmp_path / MAPPING_CROP
+    assert paths.mapping_for(FULL_COEFFS) == tmp_path / "mapping_00109-model.pth.tar"
+    names = {spec.name for spec in default_manifest().select("512")}
     fields = [paths.sadtalker, paths.mapping_crop, paths.mapping_full, paths.face_alignment, paths.face_detection,
               paths.face_parsing, paths.gfpgan]  # fmt: skip
     assert {p.name for p in fields} == names
@@ -160,7 +162,7 @@ def test_checkpoint_paths(tmp_path: Path) -> None:
 def test_verify_accepts_synthetic_checkpoints(synthetic_checkpoints: Path) -> None:
     assert verify_checkpoints(synthetic_checkpoints, ("256",)) == []
     require_checkpoints(synthetic_checkpoints, ("256",))
-    assert ck.main(["verify", "--dir", str(synthetic_checkpoints), "--size", "256"]) == 0
+    assert cli.main(["verify", "--dir", str(synthetic_checkpoints), "--size", "256"]) == 0
 
 
 def test_verify_names_a_changed_safetensors_shape(synthetic_checkpoints: Path, tmp_path: Path) -> None:
@@ -173,7 +175,7 @@ def test_verify_names_a_changed_safetensors_shape(synthetic_checkpoints: Path, t
     _rewrite_safetensors_header(synthetic_checkpoints / ST256, root / ST256, permute)
     problems = verify_checkpoints(root, ("256",))
     assert [(p.file, p.kind, p.key) for p in problems] == [(ST256, "wrong_shape", key)]
-    official = list(ck.default_manifest().file(ST256).layout.tensors[key].shape)
+    official = list(default_manifest().file(ST256).layout.tensors[key].shape)
     assert f"shape {official[::-1]}, expected {official}" in problems[0].message
     with pytest.raises(CheckpointError) as info:
         require_checkpoints(root, ("256",))
@@ -182,7 +184,7 @@ def test_verify_names_a_changed_safetensors_shape(synthetic_checkpoints: Path, t
 
 
 def test_verify_reports_dtype_missing_and_unexpected_safetensors_keys(synthetic_checkpoints: Path, tmp_path: Path):
-    spec = ck.default_manifest().file(ST256)
+    spec = default_manifest().file(ST256)
 
     def edit(header: dict) -> None:
         header["audio2exp.mapping1.bias"]["dtype"] = "F16"  # 64 floats -> half the bytes; offsets then disagree
@@ -199,7 +201,7 @@ def test_verify_reports_dtype_missing_and_unexpected_safetensors_keys(synthetic_
 
 
 def test_verify_rejects_truncated_safetensors(synthetic_checkpoints: Path, tmp_path: Path) -> None:
-    spec = ck.default_manifest().file(ST256)
+    spec = default_manifest().file(ST256)
     _rewrite_safetensors_header(synthetic_checkpoints / ST256, tmp_path / ST256, lambda header: None)
     assert verify_file(tmp_path / ST256, spec) == []  # the sparse copy itself is structurally fine
     with (tmp_path / ST256).open("r+b") as handle:
@@ -226,7 +228,7 @@ def test_verify_names_problems_in_a_mapping_file(synthetic_checkpoints: Path, tm
         (MAPPING_CROP, "wrong_dtype", "fc_exp.bias"),
         (MAPPING_CROP, "missing_key", "fc_yaw.bias"),
     }
-    assert ck.main(["verify", "--dir", str(root), "--size", "256"]) == 1
+    assert cli.main(["verify", "--dir", str(root), "--size", "256"]) == 1
 
 
 def test_verify_names_a_missing_file(synthetic_checkpoints: Path, tmp_path: Path) -> None:
@@ -359,7 +361,7 @@ def tiny(tmp_path: Path) -> tuple[Manifest, dict[str, bytes]]:
     return manifest, {name: (src / name).read_bytes() for name in ("a.safetensors", "b.pth")}
 
 
-def _download(root: Path, manifest: Manifest, base: str, **kwargs: object) -> list[ck.DownloadResult]:
+def _download(root: Path, manifest: Manifest, base: str, **kwargs: object) -> list[dl.DownloadResult]:
     return download_checkpoints(root, ("256",), manifest=manifest, mirror=base, progress=False, backoff=0, **kwargs)
 
 
@@ -427,9 +429,9 @@ def test_download_refuses_a_file_another_process_is_writing(server, tiny, tmp_pa
     state.files.update(files)
     root = tmp_path / "out"
     root.mkdir()
-    with ck._locked_part(root / "b.pth.part"):  # a second open file description holding the lock
+    with dl._locked_part(root / "b.pth.part"):  # a second open file description holding the lock
         with pytest.raises(DownloadError, match="another process is downloading"):
-            ck.download_file(manifest.file("b.pth"), root, mirror=base, progress=False, backoff=0)
+            dl.download_file(manifest.file("b.pth"), root, mirror=base, progress=False, backoff=0)
         assert (root / "b.pth.part").exists()  # the holder's (empty) file is left alone
     assert not (root / "b.pth.part").exists()
 
@@ -521,8 +523,8 @@ def test_cli_download_with_mirror_env(server, synthetic_checkpoints: Path, tmp_p
     base, state = server
     state.files[MAPPING_CROP] = (synthetic_checkpoints / MAPPING_CROP).read_bytes()
     root = _link_dir(synthetic_checkpoints, tmp_path / "ckpt", skip=(MAPPING_CROP,))
-    monkeypatch.setenv(ck.ENV_MIRROR, base)
-    assert ck.main(["download", "--dir", str(root), "--size", "256", "--no-progress"]) == 0
+    monkeypatch.setenv(dl.ENV_MIRROR, base)
+    assert cli.main(["download", "--dir", str(root), "--size", "256", "--no-progress"]) == 0
     assert state.requests == [(MAPPING_CROP, None)]
     assert verify_checkpoints(root, ("256",)) == []
 
@@ -533,14 +535,14 @@ def test_unreadable_permission_names_the_uid_and_the_chmod_fix(
     # Seen when mounting synthetic (mode 0600, root-owned) weights into the image, which runs as uid 1034.
     # Tests run as root in CI, where chmod cannot deny a read, so the read itself is made to fail.
     root = _link_dir(synthetic_checkpoints, tmp_path / "ckpt")
-    real_reader = ck.read_safetensors_header
+    real_reader = vf.read_safetensors_header
 
     def reader(path: Path):
         if Path(path).name == ST256:
             raise PermissionError(13, "Permission denied", str(path))
         return real_reader(path)
 
-    monkeypatch.setattr(ck, "read_safetensors_header", reader)
+    monkeypatch.setattr(vf, "read_safetensors_header", reader)
     (problem,) = verify_checkpoints(root, ("256",))
     assert (problem.file, problem.kind) == (ST256, "no_permission")
     assert f"not readable by this process (uid {os.getuid()})" in problem.message
@@ -549,5 +551,5 @@ def test_unreadable_permission_names_the_uid_and_the_chmod_fix(
     message = str(info.value)
     assert f"make the files readable by uid {os.getuid()} (e.g. `chmod a+r {root}/*`)" in message
     assert "download" not in message  # re-downloading would not help
-    assert ck.main(["verify", "--dir", str(root), "--size", "256"]) == 1
+    assert cli.main(["verify", "--dir", str(root), "--size", "256"]) == 1
     assert "FAILED: 1 problem(s). Fix: make the files readable by uid" in capsys.readouterr().err

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from sadtalker.checkpoints.files import FACE_ALIGNMENT_FILE as ALIGNMENT_FILE
+from sadtalker.checkpoints.files import FACE_DETECTION_FILE as DETECTOR_FILE
 from sadtalker.errors import NoFaceError
-from sadtalker.face.detect import ALIGNMENT_FILE, DETECTOR_FILE, FaceLandmarker, decode_heatmaps, fan_landmarks98
+from sadtalker.face.detect import FaceLandmarker, decode_heatmaps, fan_landmarks98
 from sadtalker.weights import CheckpointError
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate ``sadtalker/checkpoint_manifest.json``: every official checkpoint file, its URL and tensor layout.
+"""Regenerate ``sadtalker/checkpoints/checkpoint_manifest.json``: every official checkpoint file, its URL and
+tensor layout.
 
 Sources (read here once; the runtime reads only the generated JSON):
   * the 4 SadTalker files: the reference kit's ``checkpoint_layout.json`` (every key, shape, dtype of the
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sadtalker  # noqa: E402,F401  (compat aliases before facexlib/gfpgan imports)
-from sadtalker.checkpoints import (  # noqa: E402
+from sadtalker.checkpoints.manifest import (  # noqa: E402
     MANIFEST_FORMAT_VERSION,
     MANIFEST_PATH,
     Layout,

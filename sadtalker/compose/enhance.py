@@ -36,13 +36,11 @@ from facexlib.utils.face_restoration_helper import FaceRestoreHelper
 from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
 from torchvision.transforms.functional import normalize
 
+from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
 from sadtalker.errors import RenderError
 from sadtalker.face.detect import load_detector
 from sadtalker.weights import CheckpointError, load_strict, read_torch
 
-GFPGAN_FILE = "GFPGANv1.4.pth"
-DETECTOR_FILE = "detection_Resnet50_Final.pth"
-PARSER_FILE = "parsing_parsenet.pth"
 FACE_SIZE = 512
 SCORE_THRESHOLD = 0.97  # FaceRestoreHelper.get_face_landmarks_5's detection threshold
 EYE_DIST_THRESHOLD = 5  # GFPGANer.enhance skips faces whose eyes are closer than this (pixels)
@@ -65,7 +63,7 @@ class FaceEnhancer:
 
     def __init__(
         self,
-        checkpoint_dir: str | Path,
+        checkpoints: str | Path | CheckpointPaths,
         device: str | torch.device = "cpu",
         *,
         upscale: int = 1,
@@ -79,21 +77,23 @@ class FaceEnhancer:
         GFPGANer). With random (synthetic) weights RetinaFace "finds" hundreds of faces per frame, each costing a
         GFPGAN pass. ``detector``: an already loaded RetinaFace ResNet-50 (the face stage's) to share.
         """
-        directory = Path(checkpoint_dir).expanduser()
-        needed = [GFPGAN_FILE, PARSER_FILE] + ([] if detector is not None else [DETECTOR_FILE])
-        missing = [name for name in needed if not (directory / name).is_file()]
+        paths = checkpoint_paths(checkpoints)
+        needed = [paths.gfpgan, paths.face_parsing] + ([] if detector is not None else [paths.face_detection])
+        missing = [path.name for path in needed if not path.is_file()]
         if missing:
-            raise CheckpointError(f"face enhancer weights not found in {directory}: missing {', '.join(missing)}")
+            raise CheckpointError(
+                f"face enhancer weights not found in {paths.directory}: missing {', '.join(missing)}"
+            )
         if upscale < 1:
             raise ValueError(f"upscale must be >= 1, got {upscale}")
         self.device = torch.device(device)
         self.upscale = upscale
         self.batch_size = max(1, batch_size)
         self.max_faces = max_faces
-        self.gfpgan = load_gfpgan(directory / GFPGAN_FILE, self.device)
+        self.gfpgan = load_gfpgan(paths.gfpgan, self.device)
         if detector is None:
-            detector = load_detector(directory / DETECTOR_FILE, self.device)
-        self.helper = _RestoreHelper(detector, load_parser(directory / PARSER_FILE, self.device), upscale, self.device)
+            detector = load_detector(paths.face_detection, self.device)
+        self.helper = _RestoreHelper(detector, load_parser(paths.face_parsing, self.device), upscale, self.device)
         self._lock = threading.Lock()
 
     # --------------------------------------------------------------------------------------------- public

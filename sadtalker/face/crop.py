@@ -13,14 +13,14 @@ numpy 2 would no longer do); the crop box and quad are compared bit-for-bit agai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import cv2
 import numpy as np
 
+from sadtalker.contracts import Preprocess, check_landmarks
 from sadtalker.errors import ImageError
 
-Preprocess = Literal["crop", "full", "resize"]
 PREPROCESS_MODES: tuple[str, ...] = get_args(Preprocess)
 
 # The original aligns for an FFHQ output size of 512; it only matters for the downscale of very large faces.
@@ -89,17 +89,6 @@ def check_preprocess(preprocess: str) -> Preprocess:
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got {preprocess!r}")
     return preprocess  # type: ignore[return-value]
-
-
-def check_landmarks(landmarks: np.ndarray, name: str = "landmarks") -> np.ndarray:
-    """(68, 2) finite float32 landmarks in pixel coordinates (x right, y down)."""
-    array = np.asarray(landmarks)
-    if array.shape != (68, 2):
-        raise ValueError(f"{name} must have shape (68, 2) (x, y in pixels); got {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contain NaN or infinite values")
-    # The original's landmarks are float32 (landmark_98_to_68 output); keep that so every later rounding matches.
-    return array.astype(np.float32, copy=False)
 
 
 def check_image(image_rgb: np.ndarray) -> np.ndarray:

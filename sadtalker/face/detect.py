@@ -23,13 +23,12 @@ from facexlib.alignment import landmark_98_to_68
 from facexlib.alignment.awing_arch import FAN
 from facexlib.detection.retinaface import RetinaFace
 
+from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
 from sadtalker.errors import NoFaceError
 from sadtalker.weights import CheckpointError, load_strict, read_torch
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_FILE = "detection_Resnet50_Final.pth"
-ALIGNMENT_FILE = "alignment_WFLW_4HG.pth"
 SCORE_THRESHOLD = 0.97  # the original's detection threshold, for both landmark calls
 
 
@@ -112,14 +111,16 @@ class FaceLandmarker:
     Not thread-safe: facexlib's RetinaFace keeps per-call state on the module; serialise calls to ``detect``.
     """
 
-    def __init__(self, checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> None:
-        directory = Path(checkpoint_dir).expanduser().resolve()
+    def __init__(self, checkpoints: str | Path | CheckpointPaths, device: str | torch.device = "cpu") -> None:
+        paths = checkpoint_paths(checkpoints)
         self.device = torch.device(device)
-        missing = [name for name in (DETECTOR_FILE, ALIGNMENT_FILE) if not (directory / name).is_file()]
+        missing = [path.name for path in (paths.face_detection, paths.face_alignment) if not path.is_file()]
         if missing:
-            raise CheckpointError(f"face landmark weights not found in {directory}: missing {', '.join(missing)}")
-        self.detector = load_detector(directory / DETECTOR_FILE, self.device)
-        self.aligner = _load_aligner(directory / ALIGNMENT_FILE, self.device)
+            raise CheckpointError(
+                f"face landmark weights not found in {paths.directory}: missing {', '.join(missing)}"
+            )
+        self.detector = load_detector(paths.face_detection, self.device)
+        self.aligner = _load_aligner(paths.face_alignment, self.device)
 
     @classmethod
     def from_networks(cls, detector: RetinaFace, aligner: FAN) -> FaceLandmarker:
