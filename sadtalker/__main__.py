@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sadtalker.contracts import check_landmarks
 from sadtalker.errors import SadTalkerError
 from sadtalker.options import GenerateOptions
-from sadtalker.weights import CheckpointError
 
 
 def read_landmarks(path: str | Path) -> np.ndarray:
@@ -32,10 +32,7 @@ def read_landmarks(path: str | Path) -> np.ndarray:
         points = np.asarray(json.loads(path.read_text()), dtype=np.float32)
     else:
         points = np.loadtxt(path, dtype=np.float32, delimiter=None, ndmin=2)
-    points = np.asarray(points, dtype=np.float32)
-    if points.shape != (68, 2):
-        raise ValueError(f"{path}: expected 68 [x, y] landmarks, got shape {points.shape}")
-    return points
+    return check_landmarks(points, f"{path}: landmarks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from sadtalker.naming import allocate_output_path
     from sadtalker.pipeline import SadTalker
-    from serving.naming import allocate_output_path
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     result_dir = Path(args.result_dir)
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.source_image, args.driven_audio, output, options=options, landmarks=landmarks,
                 progress=progress,
             )
-    except (SadTalkerError, CheckpointError) as exc:
+    except SadTalkerError as exc:  # CheckpointError included
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(output)

@@ -18,11 +18,9 @@ import librosa
 import numpy as np
 from scipy.signal import lfilter
 
+from sadtalker.contracts import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from sadtalker.errors import AudioError, AudioTooShortError
 
-SAMPLE_RATE = 16_000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 N_FFT = 800
 HOP_LENGTH = 200
 WIN_LENGTH = 800
@@ -51,10 +49,6 @@ class AudioFeatures:
     wav: np.ndarray  # (T*640,) float32
     mel: np.ndarray  # (T_mel, 80) float32, values in [-4, 4]
     indiv_mels: np.ndarray  # (T, 80, 16) float32, one mel window per video frame
-
-    @property
-    def duration_s(self) -> float:
-        return self.num_frames / FPS
 
 
 @functools.cache

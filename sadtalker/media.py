@@ -25,11 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sadtalker.contracts import SAMPLE_RATE, SAMPLES_PER_FRAME
 from sadtalker.errors import AudioError, AudioTooLongError, AudioTooShortError, ImageError
-
-SAMPLE_RATE = 16000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640: the shortest audio that still gives one video frame
 
 # 25 Mpx admits 6000x4000 phone photos; the decoded RGB image is then 75 MB.
 DEFAULT_MAX_PIXELS = 25_000_000

@@ -16,29 +16,27 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sadtalker.audio import FPS, SAMPLE_RATE, AudioFeatures, compute_audio_features
+from sadtalker.audio import AudioFeatures, compute_audio_features
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
+from sadtalker.contracts import CROP_COEFFS, FPS, FULL_COEFFS, SAMPLES_PER_FRAME, ProgressCallback, check_landmarks
 from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.pipeline import SourceFace, prepare_source
 from sadtalker.media import load_audio, load_image
-from sadtalker.models import CROP_COEFFS, FULL_COEFFS, SizeModels, load_size_models
+from sadtalker.models import SizeModels, load_size_models
 from sadtalker.motion.coefficients import MotionResult, predict_motion
 from sadtalker.options import GenerateOptions, Preset
 from sadtalker.render.renderer import Renderer, frames_to_uint8
 from sadtalker.render.windows import RenderSemantics, build_semantics
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[str, float], None]
-"""Called as ``progress(stage, fraction_of_whole_job)``; stage names are listed in ``STAGES``."""
 
 # Share of the whole job's time each stage takes on a GPU (rendering and enhancing dominate); used to report a
 # single monotonic progress fraction.
@@ -120,7 +118,7 @@ class SadTalker:
             )
         # librosa's first STFT compiles numba helpers: ~30 s where numba has no cache on disk (a fresh container),
         # paid here at load rather than by the first job.
-        compute_audio_features(np.zeros(SAMPLE_RATE // FPS, dtype=np.float32))
+        compute_audio_features(np.zeros(SAMPLES_PER_FRAME, dtype=np.float32))
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
@@ -147,9 +145,10 @@ class SadTalker:
     ) -> SourceFace:
         models = self._size_models(options)
         if landmarks is not None:
-            landmarks = np.asarray(landmarks, dtype=np.float32)
-            if landmarks.shape != (68, 2):
-                raise InputError(f"landmarks must be 68 [x, y] pairs, got shape {landmarks.shape}", field="landmarks")
+            try:
+                landmarks = check_landmarks(landmarks)
+            except ValueError as exc:
+                raise InputError(str(exc), field="landmarks") from None
         return prepare_source(
             image,
             preprocess=options.preprocess,

@@ -26,10 +26,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from sadtalker.contracts import FPS, SAMPLE_RATE
 from sadtalker.errors import RenderError
-from sadtalker.media import SAMPLE_RATE, ffmpeg_exe
+from sadtalker.media import ffmpeg_exe
 
-FPS = 25
 STDERR_TAIL_LINES = 20
 
 
@@ -93,10 +93,6 @@ class VideoWriter:
         self._closed = False
 
     # ---------------------------------------------------------------------------------------------- public
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames
 
     @property
     def size(self) -> tuple[int, int] | None:

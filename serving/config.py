@@ -35,11 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sadtalker.contracts import FPS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_PIPELINE_FACTORY = "sadtalker.pipeline:SadTalker"
-#: The video frame rate of SadTalker: one frame per 40 ms of audio; shorter audio gives no frame.
-FPS = 25
+# One video frame per 40 ms of audio; shorter audio gives no frame.
 MIN_AUDIO_SECONDS = 1.0 / FPS
 
 _TRUE = {"1", "true", "yes", "on"}
