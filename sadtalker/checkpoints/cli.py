@@ -23,18 +23,21 @@ def _parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser, *, with_dir: bool = True) -> None:
         if with_dir:
             sub.add_argument(
-                "--dir", type=Path, default=Path(os.environ.get(ENV_DIR, DEFAULT_DIR)),
+                "--dir",
+                type=Path,
+                default=Path(os.environ.get(ENV_DIR, DEFAULT_DIR)),
                 help=f"checkpoint directory (default: ${ENV_DIR} or '{DEFAULT_DIR}')",
-            )  # fmt: skip
+            )
         sub.add_argument("--size", default="256", help="render size(s): 256, 512, all, or e.g. 256,512")
         sub.add_argument("--no-enhancer", action="store_true", help="leave out the GFPGAN enhancer files")
 
     download = commands.add_parser("download", help="download missing or damaged files, verify them")
     common(download)
     download.add_argument(
-        "--mirror", default=os.environ.get(ENV_MIRROR) or None,
+        "--mirror",
+        default=os.environ.get(ENV_MIRROR) or None,
         help=f"base URL serving every file by name (default: ${ENV_MIRROR}, else the official release URLs)",
-    )  # fmt: skip
+    )
     download.add_argument("--retries", type=int, default=3, help="failed attempts allowed per file (default 3)")
     download.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
     download.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -59,9 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "download":
         try:
             results = download_checkpoints(
-                args.dir, sizes, include_enhancer=include_enhancer, manifest=manifest, mirror=args.mirror,
-                retries=args.retries, timeout=args.timeout, progress=not args.no_progress,
-            )  # fmt: skip
+                args.dir,
+                sizes,
+                include_enhancer=include_enhancer,
+                manifest=manifest,
+                mirror=args.mirror,
+                retries=args.retries,
+                timeout=args.timeout,
+                progress=not args.no_progress,
+            )
         except DownloadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

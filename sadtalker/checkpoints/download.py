@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ENV_MIRROR = "SADTALKER_CHECKPOINT_BASE_URL"
 
+
 class _Transient(Exception):
     """A failure worth retrying (connection cut, timeout, HTTP 5xx/429)."""
 
@@ -251,7 +252,12 @@ def download_checkpoints(
         try:
             results.append(
                 download_file(
-                    spec, directory, mirror=mirror, retries=retries, timeout=timeout, backoff=backoff,
+                    spec,
+                    directory,
+                    mirror=mirror,
+                    retries=retries,
+                    timeout=timeout,
+                    backoff=backoff,
                     progress=progress,
                 )
             )
@@ -269,4 +275,3 @@ def download_checkpoints(
         )
         raise DownloadError(f"{len(errors)} file(s) failed:\n" + "\n".join(errors) + hint)
     return results
-

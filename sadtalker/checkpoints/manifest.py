@@ -114,9 +114,9 @@ class Manifest:
                 return spec
         raise KeyError(f"{name!r} is not in the checkpoint manifest")
 
-    def select(self, sizes: Iterable[str | int] = ("256",), *, include_enhancer: bool = True) -> tuple[
-        CheckpointFile, ...
-    ]:
+    def select(
+        self, sizes: Iterable[str | int] = ("256",), *, include_enhancer: bool = True
+    ) -> tuple[CheckpointFile, ...]:
         """The files the pipeline needs for these render sizes, in manifest order."""
         wanted = set(normalize_sizes(sizes))
         return tuple(
@@ -200,4 +200,3 @@ def default_manifest() -> Manifest:
 def load_manifest(path: str | Path) -> Manifest:
     with open(path, encoding="utf-8") as handle:
         return Manifest.from_dict(json.load(handle))
-

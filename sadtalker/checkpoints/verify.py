@@ -33,9 +33,17 @@ CHUNK_BYTES = 1 << 20
 _MAX_SAFETENSORS_HEADER = 100 << 20  # the real headers are ~160 KB; anything huge means "not safetensors"
 
 ProblemKind = Literal[
-    "missing_file", "no_permission", "unreadable", "refused_global", "missing_key", "unexpected_key", "wrong_shape",
-    "wrong_dtype", "checksum",
+    "missing_file",
+    "no_permission",
+    "unreadable",
+    "refused_global",
+    "missing_key",
+    "unexpected_key",
+    "wrong_shape",
+    "wrong_dtype",
+    "checksum",
 ]
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -274,5 +282,3 @@ def require_checkpoints(
             f"Fix: {fix_advice(directory, sizes, problems)}, "
             f"then `python -m sadtalker.checkpoints verify --dir {directory}`."
         )
-
-
