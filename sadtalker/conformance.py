@@ -24,8 +24,9 @@ import torch
 
 from sadtalker.audio import compute_audio_features
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
-from sadtalker.face.pipeline import prepare_source
+from sadtalker.face.source import SourceFace, prepare_source
 from sadtalker.media import load_audio, load_image
+from sadtalker.motion.coefficients import MotionResult
 from sadtalker.options import GenerateOptions
 from sadtalker.pipeline import SadTalker
 from sadtalker.render.renderer import frames_to_uint8
@@ -70,6 +71,50 @@ class Case:
         )
 
 
+def face_arrays(face: SourceFace) -> dict[str, np.ndarray]:
+    """The face stage's outputs and intermediates under the reference kit's golden keys."""
+    arrays: dict[str, np.ndarray] = {
+        "lm68_crop": face.landmarks_crop,
+        "crop_image": face.crop.crop_image,
+        "crop_info_size_wh": np.array(face.crop.crop_info_size_wh, dtype=np.int64),
+        "cropped_hw_before_resize": np.array(face.crop.cropped_hw_before_resize, dtype=np.int64),
+        "recon_lm68_flipped_in": face.aligned.landmarks_in,
+        "trans_params_raw": face.aligned.trans_params,
+        "recon_input_224": face.aligned.image_224,
+        "recon_lm68_224": face.aligned.landmarks_224.astype(np.float32),
+        "face3d_full_coeff_257": face.coeff_257[0],
+        "source_full_3dmm_257": face.coeff_257,
+        "source_coeff_73": face.source_coeff,
+    }
+    if face.landmarks_orig is not None:
+        arrays["lm68_orig"] = face.landmarks_orig
+    geometry = face.crop.geometry
+    if geometry is not None:
+        arrays["align_rsize_wh"] = np.array(geometry.align_rsize_wh, dtype=np.int64)
+        arrays["crop_box_xyxy"] = np.array(geometry.crop_box_xyxy, dtype=np.int64)
+        arrays["quad_lx_ly_rx_ry"] = np.array(geometry.quad_lx_ly_rx_ry, dtype=np.float64)
+    return arrays
+
+
+# MotionResult field -> golden key.
+MOTION_KEYS: dict[str, str] = {
+    "blink_ratio": "blink_ratio",
+    "expression": "audio2exp_exp_64",
+    "pose_noise": "audio2pose_z",
+    "pose_audio_embedding": "audio2pose_audio_emb",
+    "pose_chunk_motion": "audio2pose_chunk_motion",
+    "pose_motion": "audio2pose_motion_6",
+    "pose_raw": "audio2pose_pose_raw_6",
+    "pose_smoothed": "audio2pose_pose_savgol_6",
+    "coefficients": "coeff_pred_70",
+}
+
+
+def motion_arrays(motion: MotionResult) -> dict[str, np.ndarray]:
+    """The motion stage's outputs and intermediates under the reference kit's golden keys (no copies)."""
+    return {key: getattr(motion, name) for name, key in MOTION_KEYS.items()}
+
+
 def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[str, np.ndarray]:
     """Every stage's output for ``case`` under the reference kit's names."""
     options = case.options
@@ -83,7 +128,7 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
         landmarks=case.inputs["lm68_orig"],
         crop_landmarks=case.inputs["lm68_crop"],
     )
-    out.update(face.conformance_arrays())
+    out.update(face_arrays(face))
     recon_input = (face.aligned.image_224 / 255.0).astype(np.float32)
     out["recon_input_tensor_sum"] = np.float32(recon_input.sum(dtype=np.float64))
 
@@ -97,7 +142,7 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
         blink_ratio=case.inputs["blink_ratio"],
         pose_noise=case.inputs["audio2pose_z"],
     )
-    out.update(motion.arrays())
+    out.update(motion_arrays(motion))
     out["ref_coeff_70"] = face.source_coeff[0, :70]
 
     semantics = talker.semantics(motion, face, options)

@@ -40,7 +40,7 @@ def check_landmarks(landmarks: object, name: str = "landmarks") -> np.ndarray:
     """(68, 2) finite float32 landmarks in pixel coordinates (x right, y down); ValueError naming ``name`` if not."""
     array = np.asarray(landmarks)
     if array.shape != (LANDMARK_COUNT, 2):
-        raise ValueError(f"{name} must be {LANDMARK_COUNT} [x, y] pairs, shape (68, 2); got {array.shape}")
+        raise ValueError(f"{name} must have shape ({LANDMARK_COUNT}, 2) (x, y in pixels); got {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contain NaN or infinite values")
     # The original's landmarks are float32 (landmark_98_to_68 output); keep that so every later rounding matches.

@@ -28,7 +28,7 @@ from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.contracts import CROP_COEFFS, FPS, FULL_COEFFS, SAMPLES_PER_FRAME, ProgressCallback, check_landmarks
 from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
-from sadtalker.face.pipeline import SourceFace, prepare_source
+from sadtalker.face.source import SourceFace, prepare_source
 from sadtalker.media import load_audio, load_image
 from sadtalker.models import SizeModels, load_size_models
 from sadtalker.motion.coefficients import MotionResult, predict_motion
@@ -188,7 +188,7 @@ class SadTalker:
 
     def semantics(self, motion: MotionResult, face: SourceFace, options: GenerateOptions) -> RenderSemantics:
         return build_semantics(
-            torch.from_numpy(motion.coeff_pred_70),
+            torch.from_numpy(motion.coefficients),
             torch.from_numpy(face.source_coeff),
             full=options.coeff_nc == FULL_COEFFS,
             still=options.still,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sadtalker.audio import AudioFeatures
+from sadtalker.conformance import motion_arrays
 from sadtalker.errors import InputError
 from sadtalker.motion import (
     Audio2ExpNet,
@@ -136,11 +137,11 @@ def test_injected_noise_equals_generator_noise(models: tuple[Audio2ExpNet, Audio
     features = _features(40)
     common = {"pose_style": 5, "audio2exp": audio2exp, "audio2pose": audio2pose, "blink_rng": random.Random(1)}
     drawn = predict_motion(features, SOURCE, generator=torch.Generator().manual_seed(11), **common)
-    assert drawn.audio2pose_z.shape == (2, 64)
-    as_list = [row for row in drawn.audio2pose_z]  # per-chunk vectors
+    assert drawn.pose_noise.shape == (2, 64)
+    as_list = [row for row in drawn.pose_noise]  # per-chunk vectors
     common["blink_rng"] = random.Random(1)
     injected = predict_motion(features, SOURCE, pose_noise=as_list, **common)
-    np.testing.assert_array_equal(injected.coeff_pred_70, drawn.coeff_pred_70)
+    np.testing.assert_array_equal(injected.coefficients, drawn.coefficients)
     np.testing.assert_array_equal(injected.blink_ratio, drawn.blink_ratio)
 
 
@@ -190,17 +191,17 @@ def test_predict_motion_any_length(num_frames: int, models: tuple[Audio2ExpNet, 
         audio2pose=audio2pose,
     )
     assert result.num_frames == num_frames
-    assert result.coeff_pred_70.shape == (num_frames, 70) and result.coeff_pred_70.dtype == np.float32
-    assert np.all(np.isfinite(result.coeff_pred_70))
+    assert result.coefficients.shape == (num_frames, 70) and result.coefficients.dtype == np.float32
+    assert np.all(np.isfinite(result.coefficients))
     np.testing.assert_array_equal(result.blink_ratio, np.zeros(num_frames))  # still: no blinks
-    np.testing.assert_array_equal(result.audio2pose_motion_6[0], np.zeros(6))  # the reference frame does not move
-    np.testing.assert_array_equal(result.audio2pose_pose_raw_6[0], SOURCE[64:70])
-    np.testing.assert_array_equal(result.coeff_pred_70[:, :64], result.audio2exp_exp_64)
-    np.testing.assert_array_equal(result.coeff_pred_70[:, 64:], result.audio2pose_pose_savgol_6)
+    np.testing.assert_array_equal(result.pose_motion[0], np.zeros(6))  # the reference frame does not move
+    np.testing.assert_array_equal(result.pose_raw[0], SOURCE[64:70])
+    np.testing.assert_array_equal(result.coefficients[:, :64], result.expression)
+    np.testing.assert_array_equal(result.coefficients[:, 64:], result.pose_smoothed)
     chunks = num_pose_chunks(num_frames)
-    assert result.audio2pose_audio_emb.shape == (chunks, 32, 512)
-    assert result.audio2pose_chunk_motion.shape == (chunks, 32, 6)
-    assert set(result.arrays()) >= {"audio2exp_exp_64", "audio2pose_z", "coeff_pred_70"}
+    assert result.pose_audio_embedding.shape == (chunks, 32, 512)
+    assert result.pose_chunk_motion.shape == (chunks, 32, 6)
+    assert set(motion_arrays(result)) >= {"audio2exp_exp_64", "audio2pose_z", "coeff_pred_70"}
 
 
 def test_explicit_blink_ratio_is_used_verbatim_even_when_still(models: tuple[Audio2ExpNet, Audio2PoseNet]) -> None:

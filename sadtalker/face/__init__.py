@@ -3,8 +3,8 @@
 from sadtalker.face.align import LM3D_STD_5PTS, AlignedFace, align_for_recon
 from sadtalker.face.crop import PREPROCESS_MODES, FaceCrop, Preprocess, QuadGeometry, crop_face, quad_geometry
 from sadtalker.face.detect import FaceLandmarker, FaceLandmarks
-from sadtalker.face.pipeline import SourceFace, prepare_source
 from sadtalker.face.recon import ReconNet, source_coefficients
+from sadtalker.face.source import SourceFace, prepare_source
 
 __all__ = [
     "LM3D_STD_5PTS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,25 +40,22 @@ PoseNoise = np.ndarray | Tensor | Sequence[np.ndarray | Tensor]
 
 @dataclass(frozen=True)
 class MotionResult:
-    """Per-frame coefficients plus every intermediate (names match the reference goldens), float32 numpy."""
+    """Per-frame coefficients plus every intermediate, float32 numpy (``sadtalker.conformance`` maps them to the
+    reference kit's golden keys)."""
 
     blink_ratio: np.ndarray  # (T,) ratio actually fed to audio2exp
-    audio2exp_exp_64: np.ndarray  # (T, 64)
-    audio2pose_z: np.ndarray  # (n_chunks, 64) CVAE noise in call order
-    audio2pose_audio_emb: np.ndarray  # (n_chunks, 32, 512)
-    audio2pose_chunk_motion: np.ndarray  # (n_chunks, 32, 6)
-    audio2pose_motion_6: np.ndarray  # (T, 6), frame 0 = 0
-    audio2pose_pose_raw_6: np.ndarray  # (T, 6) reference pose + motion
-    audio2pose_pose_savgol_6: np.ndarray  # (T, 6) smoothed
-    coeff_pred_70: np.ndarray  # (T, 70) = [expression, smoothed pose]
+    expression: np.ndarray  # (T, 64)
+    pose_noise: np.ndarray  # (n_chunks, 64) CVAE noise in call order
+    pose_audio_embedding: np.ndarray  # (n_chunks, 32, 512)
+    pose_chunk_motion: np.ndarray  # (n_chunks, 32, 6)
+    pose_motion: np.ndarray  # (T, 6), frame 0 = 0
+    pose_raw: np.ndarray  # (T, 6) reference pose + motion
+    pose_smoothed: np.ndarray  # (T, 6) smoothed
+    coefficients: np.ndarray  # (T, 70) = [expression, smoothed pose]
 
     @property
     def num_frames(self) -> int:
-        return self.coeff_pred_70.shape[0]
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Name -> array, without copying (the names are the golden.npz keys)."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return self.coefficients.shape[0]
 
 
 def savgol_window(num_frames: int) -> int:
@@ -162,12 +159,12 @@ def predict_motion(
     exp = expression.cpu().numpy()
     return MotionResult(
         blink_ratio=ratio,
-        audio2exp_exp_64=exp,
-        audio2pose_z=noise.cpu().numpy(),
-        audio2pose_audio_emb=pose.audio_emb.cpu().numpy(),
-        audio2pose_chunk_motion=pose.chunk_motion.cpu().numpy(),
-        audio2pose_motion_6=motion,
-        audio2pose_pose_raw_6=pose_raw,
-        audio2pose_pose_savgol_6=pose_smooth,
-        coeff_pred_70=np.concatenate([exp, pose_smooth], axis=1),
+        expression=exp,
+        pose_noise=noise.cpu().numpy(),
+        pose_audio_embedding=pose.audio_emb.cpu().numpy(),
+        pose_chunk_motion=pose.chunk_motion.cpu().numpy(),
+        pose_motion=motion,
+        pose_raw=pose_raw,
+        pose_smoothed=pose_smooth,
+        coefficients=np.concatenate([exp, pose_smooth], axis=1),
     )

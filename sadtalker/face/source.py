@@ -40,30 +40,6 @@ class SourceFace:
     def trans_params(self) -> np.ndarray:
         return self.aligned.trans_params
 
-    def conformance_arrays(self) -> dict[str, np.ndarray]:
-        """The face-stage arrays under their reference-kit (golden.npz) names."""
-        arrays: dict[str, np.ndarray] = {
-            "lm68_crop": self.landmarks_crop,
-            "crop_image": self.crop.crop_image,
-            "crop_info_size_wh": np.array(self.crop.crop_info_size_wh, dtype=np.int64),
-            "cropped_hw_before_resize": np.array(self.crop.cropped_hw_before_resize, dtype=np.int64),
-            "recon_lm68_flipped_in": self.aligned.landmarks_in,
-            "trans_params_raw": self.aligned.trans_params,
-            "recon_input_224": self.aligned.image_224,
-            "recon_lm68_224": self.aligned.landmarks_224.astype(np.float32),
-            "face3d_full_coeff_257": self.coeff_257[0],
-            "source_full_3dmm_257": self.coeff_257,
-            "source_coeff_73": self.source_coeff,
-        }
-        if self.landmarks_orig is not None:
-            arrays["lm68_orig"] = self.landmarks_orig
-        geometry = self.crop.geometry
-        if geometry is not None:
-            arrays["align_rsize_wh"] = np.array(geometry.align_rsize_wh, dtype=np.int64)
-            arrays["crop_box_xyxy"] = np.array(geometry.crop_box_xyxy, dtype=np.int64)
-            arrays["quad_lx_ly_rx_ry"] = np.array(geometry.quad_lx_ly_rx_ry, dtype=np.float64)
-        return arrays
-
 
 def _need_landmarker(landmarker: FaceLandmarker | None, what: str) -> FaceLandmarker:
     if landmarker is None:
