@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.face.source import SourceFace, prepare_source
 from sadtalker.media import load_audio, load_image
 from sadtalker.motion.coefficients import MotionResult
-from sadtalker.options import GenerateOptions
+from sadtalker.options import GenerateOptions, RenderSize
 from sadtalker.pipeline import SadTalker
 from sadtalker.render.renderer import frames_to_uint8
 
@@ -54,7 +55,7 @@ class Case:
             preprocess=meta["preprocess"],
             still=bool(meta["still"]),
             enhancer="none",
-            size=int(meta["size"]),
+            size=cast(RenderSize, int(meta["size"])),  # checked by GenerateOptions
             pose_style=int(meta["pose_style"]),
             expression_scale=float(meta["expression_scale"]),
             batch_size=int(meta.get("batch_size", 2)),
@@ -130,7 +131,7 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
     )
     out.update(face_arrays(face))
     recon_input = (face.aligned.image_224 / 255.0).astype(np.float32)
-    out["recon_input_tensor_sum"] = np.float32(recon_input.sum(dtype=np.float64))
+    out["recon_input_tensor_sum"] = np.asarray(recon_input.sum(dtype=np.float64), dtype=np.float32)
 
     features = compute_audio_features(load_audio(case.audio))
     out.update(wav_16k=features.wav, mel=features.mel, indiv_mels=features.indiv_mels)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = run_case(case, talker, args.frames)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
+    np.savez(out, allow_pickle=False, **arrays)
     logger.info("wrote %d arrays to %s in %.1f s", len(arrays), out, time.perf_counter() - started)
     return 0
 

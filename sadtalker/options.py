@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from sadtalker.contracts import Preprocess, coeff_count
 
@@ -55,7 +55,7 @@ class GenerateOptions:
         return coeff_count(self.preprocess)
 
     @classmethod
-    def preset(cls, name: Preset, **overrides: object) -> GenerateOptions:
+    def preset(cls, name: Preset, **overrides: Any) -> GenerateOptions:
         """The service's two presets, as the original's command lines.
 
         - ``crop``: ``--preprocess crop --enhancer gfpgan`` (cropped face, head moves)
@@ -67,4 +67,4 @@ class GenerateOptions:
             base = cls(preprocess="full", still=True, enhancer="gfpgan")
         else:
             raise ValueError(f"preset must be 'crop' or 'full', got {name!r}")
-        return replace(base, **overrides)  # type: ignore[arg-type]
+        return replace(base, **overrides)

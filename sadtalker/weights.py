@@ -13,9 +13,9 @@ import importlib
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ def _import_global(name: str) -> object:
     raise ImportError(f"no module in {name!r}")
 
 
-def allowed_pickle_globals(value: str | None = None) -> list[tuple[Any, str]]:
+def allowed_pickle_globals(value: str | None = None) -> list[tuple[Callable[..., Any], str]]:
     """The operator's allow-list (``$SADTALKER_ALLOWED_PICKLE_GLOBALS`` unless ``value`` is given) as
     ``(object, name)`` pairs for ``torch.serialization.safe_globals``.
 
@@ -62,10 +62,10 @@ def allowed_pickle_globals(value: str | None = None) -> list[tuple[Any, str]]:
     """
     if value is None:
         value = os.environ.get(ENV_ALLOWED_PICKLE_GLOBALS, "")
-    allowed: list[tuple[Any, str]] = []
+    allowed: list[tuple[Callable[..., Any], str]] = []
     for name in filter(None, (part.strip() for part in value.split(","))):
         try:
-            allowed.append((_import_global(name), name))
+            allowed.append((cast(Callable[..., Any], _import_global(name)), name))
         except (ImportError, AttributeError) as exc:
             raise CheckpointError(f"{ENV_ALLOWED_PICKLE_GLOBALS}: cannot import {name!r} ({exc})") from None
     return allowed
@@ -91,8 +91,9 @@ def load_torch_file(path: str | Path, *, mmap: bool = False) -> Any:
     """
     path = Path(path)
     allowed = allowed_pickle_globals()
+    entries: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [*allowed]
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(entries):
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         names = {name for _, name in allowed}
@@ -121,7 +122,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
-def read_torch(path: str | Path) -> dict:
+def read_torch(path: str | Path) -> Any:
     """Read a ``torch.save`` checkpoint (tensors only, no pickled code)."""
     path = Path(path)
     if not path.is_file():

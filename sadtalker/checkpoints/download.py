@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl  # POSIX only, like the service
 import http.client
 import logging
 import os
@@ -62,18 +63,13 @@ def resolve_url(spec: CheckpointFile, mirror: str | None = None) -> str:
 @contextlib.contextmanager
 def _locked_part(part: Path) -> Iterator[IO[bytes]]:
     """Open (creating) ``<name>.part`` for appending, exclusively: two processes must not write the same file."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        fcntl = None  # type: ignore[assignment]
     handle = open(part, "a+b")
     locked = False
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise DownloadError(f"{part}: another process is downloading this file; wait for it") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise DownloadError(f"{part}: another process is downloading this file; wait for it") from exc
         locked = True
         yield handle
     finally:

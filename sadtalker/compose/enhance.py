@@ -222,7 +222,7 @@ def gfpgan_forward(net: GFPGANv1Clean, faces: torch.Tensor, noise: list[torch.Te
     RGB outputs it computes and GFPGANer discards.
     """
     feat = F.leaky_relu_(net.conv_body_first(faces), negative_slope=0.2)
-    skips = []
+    skips: list[torch.Tensor] = []
     for down in net.conv_body_down:
         feat = down(feat)
         skips.insert(0, feat)

@@ -13,7 +13,7 @@ numpy 2 would no longer do); the crop box and quad are compared bit-for-bit agai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args
+from typing import cast, get_args
 
 import cv2
 import numpy as np
@@ -88,7 +88,7 @@ def check_preprocess(preprocess: str) -> Preprocess:
     """Validate a preprocess mode name (the original's 'extcrop'/'extfull' are not supported)."""
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got {preprocess!r}")
-    return preprocess  # type: ignore[return-value]
+    return cast(Preprocess, preprocess)
 
 
 def check_image(image_rgb: np.ndarray) -> np.ndarray:

@@ -155,9 +155,10 @@ class FaceLandmarker:
         landmarks = landmark_98_to_68(fan_landmarks98(self.aligner, image[y1:y2, x1:x2]))  # float32
         landmarks[:, 0] += x1
         landmarks[:, 1] += y1
+        box = detections[best[4], :4]
         return FaceLandmarks(
             landmarks=landmarks,
-            box_xyxy=tuple(float(v) for v in detections[best[4], :4]),  # type: ignore[arg-type]
+            box_xyxy=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
             score=float(detections[best[4], 4]),
             num_faces=len(boxes),
         )

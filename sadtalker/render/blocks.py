@@ -42,6 +42,9 @@ class SpectralNormConv2d(nn.Module):
     without torch's parametrisation hooks, so loading is a plain strict state-dict copy.
     """
 
+    weight_u: torch.Tensor  # buffers (registered in __init__), declared for the type checker
+    weight_v: torch.Tensor
+
     def __init__(
         self,
         in_channels: int,

@@ -44,6 +44,8 @@ def gaussian_kernel_2d(scale: float, channels: int) -> torch.Tensor:
 class AntiAliasDownsample(nn.Module):
     """Gaussian blur (zero padding) followed by keeping every ``1/scale``-th pixel."""
 
+    weight: torch.Tensor  # buffer (registered in __init__), declared for the type checker
+
     def __init__(self, channels: int, scale: float) -> None:
         super().__init__()
         kernel = gaussian_kernel_2d(scale, channels)

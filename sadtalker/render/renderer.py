@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 
 from sadtalker.render.generator import GeneratorConfig, OcclusionAwareSPADEGenerator, SourceFeatures
 from sadtalker.render.keypoints import KPDetector, KPDetectorConfig
@@ -103,7 +105,7 @@ class Renderer:
         self.mapping = mapping
         for module in (kp_detector, generator, mapping):
             module.eval().requires_grad_(False).to(self.device)
-        self.coeff_nc: int = mapping.first[0].in_channels
+        self.coeff_nc: int = cast(nn.Conv1d, mapping.first[0]).in_channels
 
     @classmethod
     def from_checkpoint(
