@@ -126,7 +126,7 @@ def main() -> int:
                 job = wait_for(
                     client, request["request_id"], poll_seconds=10, timeout_seconds=args.timeout,
                     on_status=lambda status: log(f"{status['state']} {status['stage']} {status['progress']:.0f} %"),
-                )  # fmt: skip
+                )
         except (JobFailed, TimeoutError) as exc:
             log(f"job did not complete: {exc}")
             return 1

@@ -150,7 +150,7 @@ def test_checkpoint_paths(tmp_path: Path) -> None:
     assert paths.mapping_for(FULL_COEFFS) == tmp_path / "mapping_00109-model.pth.tar"
     names = {spec.name for spec in default_manifest().select("512")}
     fields = [paths.sadtalker, paths.mapping_crop, paths.mapping_full, paths.face_alignment, paths.face_detection,
-              paths.face_parsing, paths.gfpgan]  # fmt: skip
+              paths.face_parsing, paths.gfpgan]
     assert {p.name for p in fields} == names
 
 
@@ -267,7 +267,7 @@ def test_sha256_checked_when_known(tmp_path: Path) -> None:
     path = tmp_path / "a.safetensors"
     save_file(state, str(path))
     spec = CheckpointFile("a.safetensors", "http://unused/a", Layout("a", "safetensors", _specs(state)), ("256",),
-                          "face", 1, sha256=hashlib.sha256(path.read_bytes()).hexdigest())  # fmt: skip
+                          "face", 1, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     assert verify_file(path, spec) == []
     (problem,) = verify_file(path, replace(spec, sha256="0" * 64))
     assert problem.kind == "checksum"
@@ -357,7 +357,7 @@ def tiny(tmp_path: Path) -> tuple[Manifest, dict[str, bytes]]:
                        ("256",), "sadtalker", 300_000),
         CheckpointFile("b.pth", "http://invalid.test/b", Layout("b", "torch", _specs(state_b), ("state_dict",),
                        ("epoch",)), ("256",), "face", 300_000),
-    ))  # fmt: skip
+    ))
     return manifest, {name: (src / name).read_bytes() for name in ("a.safetensors", "b.pth")}
 
 

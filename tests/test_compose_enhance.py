@@ -64,7 +64,7 @@ def _narrow_gfpgan(seed: int = 0, size: int = 512) -> GFPGANv1Clean:
     net = GFPGANv1Clean(
         out_size=size, num_style_feat=32, channel_multiplier=1, decoder_load_path=None, fix_decoder=False,
         num_mlp=2, input_is_latent=True, different_w=True, narrow=1 / 16, sft_half=True,
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for name, param in net.named_parameters():
             if name.endswith(".weight") and param.numel() == 1:  # NoiseInjection strengths (zero at init)
@@ -146,7 +146,7 @@ def _gfpganer(
         restorer = GFPGANer(
             model_path=str(checkpoints / "GFPGANv1.4.pth"), upscale=1, arch="clean", channel_multiplier=2,
             bg_upsampler=None, device=torch.device("cpu"),
-        )  # fmt: skip
+        )
     finally:
         os.chdir(cwd)
     if net is not None:

@@ -165,7 +165,7 @@ def _gfpgan() -> Any:
     return GFPGANv1Clean(
         out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
         num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
-    )  # fmt: skip
+    )
 
 
 # layout name -> (architecture factory, Layout fields besides name/tensors)
@@ -196,7 +196,7 @@ def build_layouts(reference: Mapping[str, Any]) -> dict[str, Layout]:
         layouts[name] = Layout(
             name, "torch", _specs_from_reference(entry["tensors"]),
             state_dict_keys=("mapping",), required_top_level_keys=("epoch",),
-        )  # fmt: skip
+        )
     for name, (factory, fields) in THIRD_PARTY.items():
         layouts[name] = Layout(name=name, tensors=_specs_from_module(factory()), **fields)
     # Cross-check with the totals the reference kit states.
