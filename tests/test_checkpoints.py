@@ -10,6 +10,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -553,3 +555,24 @@ def test_unreadable_permission_names_the_uid_and_the_chmod_fix(
     assert "download" not in message  # re-downloading would not help
     assert cli.main(["verify", "--dir", str(root), "--size", "256"]) == 1
     assert "FAILED: 1 problem(s). Fix: make the files readable by uid" in capsys.readouterr().err
+
+
+def test_loaders_get_paths_without_the_download_code() -> None:
+    # models.py and the face/enhancer loaders import only the names-and-paths module; the HTTP client, the
+    # manifest and verification load on first use (the package's lazy names still work).
+    code = (
+        "import sys, sadtalker.checkpoints.files\n"
+        "heavy = [m for m in ('sadtalker.checkpoints.download', 'sadtalker.checkpoints.verify', "
+        "'sadtalker.checkpoints.manifest', 'urllib.request', 'socket') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from sadtalker.checkpoints import require_checkpoints, default_manifest\n"
+        "assert 'sadtalker.checkpoints.verify' in sys.modules and len(default_manifest().files) == 8\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_checkpoint_paths_accepts_a_paths_object(tmp_path: Path) -> None:
+    paths = checkpoint_paths(tmp_path, 256)
+    assert checkpoint_paths(paths) is paths
+    assert checkpoint_paths(paths, 512) == checkpoint_paths(tmp_path, 512)
