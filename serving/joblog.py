@@ -26,10 +26,6 @@ def job_context(job_id: str, request_id: str | None = None) -> Iterator[None]:
         _current_job.reset(token)
 
 
-def current_job() -> str | None:
-    return _current_job.get()
-
-
 class JobLogFilter(logging.Filter):
     """Adds ``job_id`` to records and ``job=<id>`` to their message while a job context is active."""
 

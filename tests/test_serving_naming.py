@@ -52,7 +52,7 @@ def test_partial_files_match_only_their_own_job(tmp_path: Path) -> None:
 
     mine = tmp_path / "20260102-030405_0a1b2c3d.mp4"
     other = tmp_path / "20260102-030405_99999999.mp4"
-    own_partial = tmp_path / ".20260102-030405_0a1b2c3d.5f5f5f5f.partial.mp4"
-    for path in (own_partial, other, tmp_path / ".20260102-030405_99999999.12345678.partial.mp4"):
+    own_partial = tmp_path / ".20260102-030405_0a1b2c3d.5f5f5f5f.partial"
+    for path in (own_partial, other, tmp_path / ".20260102-030405_99999999.12345678.partial"):
         path.write_bytes(b"")
     assert partial_files(mine) == [own_partial]
