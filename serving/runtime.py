@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serving.config import ConfigError, ServingConfig
 from serving.device import DeviceUnavailable, gpu_info, select_device
-from serving.joblog import install_job_log_filter
+from serving.joblog import install_client_error_log_filter, install_job_log_filter
 from serving.jobs import JobService
 from serving.metrics import JobMetrics
 from serving.pipeline_factory import Pipeline, build_pipeline
@@ -106,6 +106,7 @@ def configure_logging() -> None:
     """Our loggers at INFO (BentoML's root is WARNING) and the job id on every line of a job."""
     logging.getLogger("sadtalker").setLevel(logging.INFO)
     install_job_log_filter()
+    install_client_error_log_filter()
 
 
 @dataclass
