@@ -208,6 +208,7 @@ class JobService:
             error=record.error,
             error_kind=record.error_kind,
             attempts=record.attempts,
+            worker=record.owner,
             queue_position=position,
             created_at=record.created_at,
             started_at=record.started_at,

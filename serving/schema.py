@@ -131,6 +131,7 @@ class JobStatus(BaseModel):
     error: str | None
     error_kind: str | None
     attempts: int
+    worker: str | None = Field(default=None, description="The render worker (host:pid:id) holding a running job")
     queue_position: int | None = Field(default=None, description="1 = next to render (queued jobs only)")
     created_at: float
     started_at: float | None

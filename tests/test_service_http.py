@@ -109,6 +109,7 @@ def launch(
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as under a supervisor (and killpg-able in tests)
         )
     return Server(process, f"http://127.0.0.1:{port}", log)
 
@@ -460,6 +461,19 @@ def test_missing_checkpoints_serve_exits_nonzero_with_one_line(tmp_path: Path) -
     assert "Traceback" not in output
 
 
+def test_corrupt_database_stops_serve_with_one_line(tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    dirs.state.mkdir(parents=True)
+    database = dirs.state / "jobs.sqlite3"
+    database.write_bytes(os.urandom(64 * 1024))
+    code, output, seconds = run_until_exit(dirs, server_env(dirs), "corrupt")
+    assert code == 1, output
+    lines = [line for line in output.splitlines() if "SadTalker cannot start" in line]
+    assert len(lines) == 1 and str(database) in lines[0] and "move" in lines[0] and "jobs are lost" in lines[0]
+    assert "Traceback" not in output
+    assert seconds < 30  # fails before any worker starts: no restart loop
+
+
 def test_invalid_env_value_serve_exits_nonzero(tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
     code, output, _ = run_until_exit(dirs, server_env(dirs, SADTALKER_MAX_QUEUE="lots"), "badenv")
@@ -495,14 +509,97 @@ def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) 
     assert list(dirs.output.iterdir()) == []  # no partial video
     assert list((dirs.state / "tmp").iterdir()) == []
 
-    restarted = launch(dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3"), "restarted")
+    # The restart also moves the output directory: queued jobs are written where the server writes now.
+    moved = tmp_path / "output-after-restart"
+    restarted = launch(dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3", SADTALKER_OUTPUT_DIR=str(moved)),
+                       "restarted")
     wait_ready(restarted)
     try:
         done = [wait_state(restarted, key, {"completed", "failed"}) for key in ("running", "waiting")]
         assert [job["state"] for job in done] == ["completed", "completed"]
+        assert [job["attempts"] for job in done] == [1, 1]  # the graceful interruption was no attempt
         assert done[0]["finished_at"] <= done[1]["started_at"]  # still in submission order
-        assert sorted(p.name for p in dirs.output.iterdir()) == sorted(Path(j["output_path"]).name for j in done)
+        assert all(Path(job["output_path"]).parent == moved for job in done)
+        assert sorted(p.name for p in moved.iterdir()) == sorted(Path(j["output_path"]).name for j in done)
+        assert list(dirs.output.iterdir()) == []
         assert list((dirs.state / "tmp").iterdir()) == []
         assert json.loads(post(restarted, "/system_info", {}).text)["jobs_by_state"]["completed"] == 2
     finally:
         assert restarted.stop() == 0
+
+
+# -- several servers on one state directory ---------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+@pytest.mark.slow
+def test_two_servers_and_an_orphaned_worker_never_render_a_job_twice(tmp_path: Path) -> None:
+    """A second server on the same state dir shares the queue; a worker that outlives kill -9 keeps its job."""
+    dirs = Dirs.make(tmp_path)
+    long = {"SADTALKER_FAKE_RENDER_SECONDS": "10", "SADTALKER_FAKE_TICKS": "50", "SADTALKER_LEASE_SECONDS": "2"}
+    # Two servers on one state directory (a rolling restart on a shared volume), started together.
+    servers = [
+        launch(dirs, server_env(dirs, BENTOML_HOME=str(tmp_path / f"home{n}"), **long), f"server{n}") for n in (1, 2)
+    ]
+    orphan: int | None = None
+    try:
+        for server in servers:
+            wait_ready(server)
+        first, second = servers
+        assert post(first, "/generate", body(dirs, request_id="a")).text == "1"
+        job_a = wait_state(first, "a", {"running"})
+        assert post(first, "/generate", body(dirs, request_id="b", option="full")).text == "1"
+        job_b = wait_state(first, "b", {"running"}, timeout=15)  # the other server's worker takes it
+        assert job_a["worker"] != job_b["worker"]
+        temp = dirs.state / "tmp"
+        assert (temp / job_a["job_id"]).is_dir() and (temp / job_b["job_id"]).is_dir()  # both temp dirs intact
+        # An input swapped for a symlink to a file outside the roots after it was accepted:
+        swapped = dirs.inputs / "swapped.png"
+        swapped.write_bytes((dirs.inputs / "face.png").read_bytes())
+        assert post(first, "/generate", body(dirs, request_id="c", source_image=str(swapped))).text == "1"
+        outside = tmp_path / "outside.png"
+        outside.write_bytes(swapped.read_bytes())
+        swapped.unlink()
+        swapped.symlink_to(outside)
+
+        # kill -9 of the process group of the server whose worker renders job a: that worker has its own process
+        # group (BentoML's doing) and lives on, still renewing its lease.
+        orphan = int(job_a["worker"].split(":")[1])
+        killed, survivor = (first, second) if is_descendant(orphan, first.process.pid) else (second, first)
+        os.killpg(killed.process.pid, signal.SIGKILL)
+        killed.process.wait(10)
+        time.sleep(5)  # more than two lease periods: the surviving server looks at the queue meanwhile
+        status_a = post(survivor, "/status", {"request_id": "a"}).json()
+        orphan_lived = pid_alive(orphan)
+        if orphan_lived:
+            assert status_a["attempts"] == 1 and status_a["worker"] == job_a["worker"]  # not taken from it
+        done = [wait_state(survivor, key, {"completed", "failed"}, timeout=60) for key in ("a", "b", "c")]
+        assert [job["state"] for job in done[:2]] == ["completed", "completed"], done
+        names = renders(dirs)
+        assert names.count(Path(done[0]["output_path"]).name) == done[0]["attempts"] == (1 if orphan_lived else 2)
+        assert names.count(Path(done[1]["output_path"]).name) == 1 and done[1]["attempts"] == 1
+        # The swapped input failed its job as an input error; nothing outside the roots was read.
+        assert (done[2]["state"], done[2]["error_kind"]) == ("failed", "input"), done[2]
+        assert "outside the allowed input directories" in done[2]["error"]
+        assert Path(done[2]["output_path"]).name not in names
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                assert server.stop() == 0, server.output()
+        if orphan is not None and pid_alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
