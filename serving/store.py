@@ -320,9 +320,6 @@ class JobStore:
         """Queued jobs in the order the workers will render them."""
         return self._select("state = 'queued'", (), "ORDER BY seq")
 
-    def running(self) -> list[JobRecord]:
-        return self._select("state = 'running'", (), "ORDER BY seq")
-
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to render, 2 for the one after...; None unless the job is queued."""
         with self._lock:
