@@ -43,7 +43,7 @@ from serving.config import ConfigError, ServingConfig
 from serving.http_limits import RequestLimits
 from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
-from serving.schema import GenerateRequest, JobStatus, Preset, RequestId, SystemInfo
+from serving.schema import GenerateRequest, JobStatus, RequestId, SystemInfo
 from serving.store import StoreFull
 from serving.validation import RequestInvalid
 
@@ -98,24 +98,13 @@ class SadTalkerService:
         self.runtime.shutdown()
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
-    def generate(
-        self,
-        *,
-        driven_audio: str,
-        source_image: str,
-        option: Preset,
-        request_id: str | None = None,
-        landmarks: list[list[float]] | None = None,
-        ctx: bentoml.Context,
-    ) -> str:
-        """Queue a talking-head render; answers `1` at once (see the module docstring for errors)."""
-        request = GenerateRequest(
-            driven_audio=driven_audio,
-            source_image=source_image,
-            option=option,
-            request_id=request_id,
-            landmarks=landmarks,
-        )
+    def generate(self, *, ctx: bentoml.Context, **fields: Any) -> str:
+        """Queue a talking-head render; answers `1` at once (see the module docstring for errors).
+
+        BentoML validated the body against `GenerateRequest` and passes its fields by name; they are taken as a
+        whole, so a new request field is declared in serving/schema.py only.
+        """
+        request = GenerateRequest(**fields)
         try:
             submission = self.runtime.jobs.submit(request)
         except RequestInvalid as exc:
