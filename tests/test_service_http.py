@@ -486,7 +486,9 @@ def test_invalid_env_value_serve_exits_nonzero(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
-    slow = server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="1", SADTALKER_SHUTDOWN_GRACE="1")
+    # The render checks in every 30 s: less often than the 10 s abort wait, like a real CPU batch with GFPGAN.
+    slow = server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_FAKE_TICKS="2", SADTALKER_MAX_QUEUE="1",
+                      SADTALKER_SHUTDOWN_GRACE="1")
     server = launch(dirs, slow, "slow")
     wait_ready(server)
     try:
@@ -505,9 +507,9 @@ def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) 
         assert time.monotonic() - begin < 40  # grace 1 s + abort + BentoML's own shutdown
     finally:
         server.stop()
-    assert "interrupted by shutdown" in server.output()
+    # The render never reached a stop check: shutdown requeued the job itself (a graceful interruption, no attempt).
+    assert "render thread did not stop within 10s: requeueing job=" in server.output()
     assert list(dirs.output.iterdir()) == []  # no partial video
-    assert list((dirs.state / "tmp").iterdir()) == []
 
     # The restart also moves the output directory: queued jobs are written where the server writes now.
     moved = tmp_path / "output-after-restart"
