@@ -23,10 +23,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_ROUTES = frozenset({"/generate", "/status", "/jobs", "/system_info"})
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 async def _respond(send: Send, status: int, error: str) -> None:
     body = json.dumps({"error": error}).encode()
     await send(
@@ -63,24 +59,33 @@ class RequestLimits:
             return
         received = 0
         started = False
+        overflowed = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
+            if overflowed:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    # Stop reading: the app sees a client that went away and gives up; we answer 413 for it.
+                    overflowed = True
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if overflowed and not started:
+                return  # whatever the app answers to a cut-off body, the client gets the 413 below
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _respond(send, 413, f"request body is larger than the limit of {limit:,} bytes")
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not overflowed:
+                raise
+        if overflowed and not started:
+            await _respond(send, 413, f"request body is larger than the limit of {limit:,} bytes")

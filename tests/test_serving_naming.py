@@ -60,11 +60,11 @@ def test_partial_files_match_only_their_own_job(tmp_path: Path) -> None:
 
 def test_video_in_progress_never_looks_finished(tmp_path: Path) -> None:
     """While the encoder writes, nothing in the output folder matches "*.mp4" (Path.glob matches dot-files too)."""
+    import time
+
     import numpy as np
 
     from sadtalker.video import VideoWriter
-
-    import time
 
     output = tmp_path / "20260102-030405_0a1b2c3d.mp4"
     frames = np.zeros((50, 32, 32, 3), dtype=np.uint8)
