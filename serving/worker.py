@@ -32,6 +32,7 @@ import socket
 import stat
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,18 @@ def failure_message(exc: BaseException) -> str:
     if isinstance(exc, InputError):
         return f"{exc.field}: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters escaped as repr() does (a newline in a file name cannot forge log lines)."""
+    return repr(text)[1:-1]
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The traceback of ``exc`` for the log, its message escaped (it may quote user-supplied paths)."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return f"Traceback (most recent call last):\n{frames}{name}: {escape(str(exc))}"
 
 
 def retry_with_backoff(
@@ -422,7 +435,10 @@ class RenderWorker:
         except Exception as exc:
             tracker.finish()
             kind = failure_kind(exc)
-            log.error("failed (%s): %s", kind, failure_message(exc), exc_info=True)
+            if kind in PERMANENT_KINDS:  # the inputs' fault: one line, like a 4xx
+                log.warning("failed (%s): %s", kind, escape(failure_message(exc)))
+            else:
+                log.error("failed (%s): %s\n%s", kind, escape(failure_message(exc)), traceback_text(exc))
             if job.output_path.exists():
                 # The name belongs to this job alone; a file there now is from a render we report as failed.
                 log.warning("removing %r written by the failed render", str(job.output_path))

@@ -97,10 +97,24 @@ def test_failure_is_recorded_and_next_job_still_runs(harness: Harness, caplog: p
     assert failed.error is not None and "FakeRenderError: fake failure" in failed.error
     # The cause goes to the log with its traceback.
     record = next(r for r in caplog.records if r.levelname == "ERROR")
-    assert record.exc_info is not None and "failed (render): FakeRenderError: fake failure" in record.getMessage()
+    message = record.getMessage()
+    assert message.startswith("failed (render): FakeRenderError: fake failure") and "Traceback" in message
+    assert "in generate" in message  # the frames of the traceback
     completed = harness.worker.process_one()
     assert completed is not None and completed.id == good and completed.state is JobState.COMPLETED
     assert not (harness.out / "video1.mp4").exists() and (harness.out / "video2.mp4").is_file()
+
+
+def test_failure_log_escapes_user_strings(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    class Quoting(FakePipeline):  # an error message that quotes the input path as is
+        def generate(self, source_image: object, *args: object, **kwargs: object) -> Path:
+            raise RuntimeError(f"cannot decode {Path(str(source_image)).name}")
+
+    harness.worker = harness.make_worker(Quoting())
+    harness.submit(name="evil\n2026-01-01 [ERROR] forged.png")
+    harness.worker.process_one()
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "forged" in text and not any(line.startswith("2026-01-01") for line in text.splitlines())
 
 
 def test_input_errors_name_the_field(harness: Harness) -> None:
