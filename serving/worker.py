@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-import numpy as np
-
 from sadtalker.errors import InputError
 from serving.config import FPS
 from serving.joblog import job_context
@@ -470,8 +468,6 @@ class RenderWorker:
         arguments = request.pipeline_arguments()
         for name in ("source_image", "driven_audio"):
             arguments[name] = snapshot_input(name, Path(arguments[name]), self._input_roots, inputs / name)
-        if arguments.get("landmarks") is not None:
-            arguments["landmarks"] = np.asarray(arguments["landmarks"], dtype=np.float32)
         source_image = arguments.pop("source_image")
         driven_audio = arguments.pop("driven_audio")
         with _inference_mode():

@@ -162,12 +162,14 @@ def test_pipeline_that_writes_nothing_fails_the_job(harness: Harness) -> None:
     assert job is not None and job.state is JobState.FAILED and "does not exist" in (job.error or "")
 
 
-def test_landmarks_reach_the_pipeline_as_array(harness: Harness) -> None:
+def test_request_fields_reach_the_pipeline_as_stored(harness: Harness) -> None:
     points = tuple((float(i), float(2 * i)) for i in range(68))
-    harness.submit(landmarks=points)
+    harness.submit(landmarks=points, preset="full")
     harness.worker.process_one()
-    landmarks = harness.pipeline.calls[0]["landmarks"]
-    assert landmarks.shape == (68, 2) and landmarks.dtype.name == "float32" and landmarks[3].tolist() == [3.0, 6.0]
+    call = harness.pipeline.calls[0]
+    # The pipeline converts landmarks itself (np.asarray); the worker passes the request's fields unchanged.
+    assert call["landmarks"] == points and call["preset"] == "full"
+    assert "request_id" not in call and "audio_seconds" not in call  # service bookkeeping stays in the service
 
 
 def test_metrics_move(harness: Harness) -> None:
