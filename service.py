@@ -8,9 +8,12 @@ Endpoints (all POST, JSON bodies; BentoML's /readyz, /livez and /metrics come fo
 * `/generate` {driven_audio, source_image, option: "full"|"crop", request_id?, landmarks?}
   -> `1` (text/plain) once the job is durably queued; the video appears later as
   `$SADTALKER_OUTPUT_DIR/<YYYYmmdd-HHMMSS>_<8 hex>.mp4`. 400 names the bad field, 409 = request_id reused
-  with other inputs, 429 (+ Retry-After) = queue full, 503 = shutting down. Response headers
+  with other inputs (or of a job that failed because of its inputs), 429 (+ Retry-After) = queue full,
+  503 = shutting down or state disk full, 413 = body too large, 415 = not JSON. Response headers
   `X-SadTalker-Job-Id` and `X-SadTalker-Output` say which job and file (the body must stay exactly `1`).
-* `/status` {request_id} -> the job (request_id, or the job id from X-SadTalker-Job-Id); 404 if unknown.
+  Resubmitting the request_id of a job that failed for a transient reason queues it again.
+* `/status` {request_id} or {job_id} (from X-SadTalker-Job-Id) -> the job; 404 if unknown. The two are
+  separate namespaces: a request_id equal to some job id never finds that job.
 * `/jobs` {limit?} -> most recent jobs first.
 * `/system_info` {} -> device, GPU, models, checkpoint size, queue.
 
@@ -37,9 +40,11 @@ from starlette.responses import JSONResponse
 # module, so later lazy imports (deployment hook, request threads, worker) resolve through this package object.
 import sadtalker  # noqa: F401
 from serving.config import ConfigError, ServingConfig
-from serving.jobs import NotAccepting, QueueFull, RequestConflict
+from serving.http_limits import RequestLimits
+from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
-from serving.schema import GenerateRequest, JobStatus, Preset, SystemInfo
+from serving.schema import GenerateRequest, JobStatus, RequestId, SystemInfo
+from serving.store import StoreFull
 from serving.validation import RequestInvalid
 
 ACCEPTED = "1"
@@ -93,24 +98,13 @@ class SadTalkerService:
         self.runtime.shutdown()
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
-    def generate(
-        self,
-        *,
-        driven_audio: str,
-        source_image: str,
-        option: Preset,
-        request_id: str | None = None,
-        landmarks: list[list[float]] | None = None,
-        ctx: bentoml.Context,
-    ) -> str:
-        """Queue a talking-head render; answers `1` at once (see the module docstring for errors)."""
-        request = GenerateRequest(
-            driven_audio=driven_audio,
-            source_image=source_image,
-            option=option,
-            request_id=request_id,
-            landmarks=landmarks,
-        )
+    def generate(self, *, ctx: bentoml.Context, **fields: Any) -> str:
+        """Queue a talking-head render; answers `1` at once (see the module docstring for errors).
+
+        BentoML validated the body against `GenerateRequest` and passes its fields by name; they are taken as a
+        whole, so a new request field is declared in serving/schema.py only.
+        """
+        request = GenerateRequest(**fields)
         try:
             submission = self.runtime.jobs.submit(request)
         except RequestInvalid as exc:
@@ -119,7 +113,7 @@ class SadTalkerService:
             return _reject(ctx, 409, {"error": str(exc), "field": "request_id"})
         except QueueFull as exc:
             return _reject(ctx, 429, {"error": str(exc)}, {"Retry-After": str(exc.retry_after)})
-        except NotAccepting as exc:
+        except (NotAccepting, StoreFull) as exc:
             return _reject(ctx, 503, {"error": str(exc)}, {"Retry-After": "30"})
         ctx.response.headers["X-SadTalker-Job-Id"] = submission.job.id
         ctx.response.headers["X-SadTalker-Output"] = str(submission.job.output_path)
@@ -127,13 +121,20 @@ class SadTalkerService:
 
     @bentoml.api
     def status(
-        self, request_id: Annotated[str, Field(min_length=1, max_length=128)], ctx: bentoml.Context
+        self,
+        request_id: RequestId | None = None,
+        job_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None,
+        *,
+        ctx: bentoml.Context,
     ) -> JobStatus:
-        """State, progress %, stage, output path, error and timings of one job (by request_id or job id)."""
-        found = self.runtime.jobs.status(request_id)
-        if found is None:
-            return _reject(ctx, 404, {"error": f"request_id: no job with request_id or job id {request_id!r}"})
-        return found
+        """State, progress %, stage, output path, error and timings of one job: by request_id OR job_id."""
+        if (request_id is None) == (job_id is None):
+            field = "request_id" if request_id is None else "job_id"
+            return _reject(ctx, 400, {"error": f"{field}: give exactly one of request_id and job_id", "field": field})
+        try:
+            return self.runtime.jobs.status(request_id=request_id, job_id=job_id)
+        except JobNotFound as exc:
+            return _reject(ctx, 404, {"error": str(exc)})
 
     @bentoml.api
     def jobs(self, limit: Annotated[int, Field(ge=1, le=500)] = 20) -> list[JobStatus]:
@@ -144,3 +145,7 @@ class SadTalkerService:
     def system_info(self) -> SystemInfo:
         """Device, GPU name/memory, models, checkpoint directory size, queue depth."""
         return self.runtime.system_info()
+
+
+# 415/413 before BentoML reads a body (see serving/http_limits.py); the limit is read like every other setting.
+SadTalkerService.add_asgi_middleware(RequestLimits, max_body_bytes=ServingConfig.max_body_bytes_from_env())

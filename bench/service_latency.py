@@ -1,6 +1,6 @@
 """Time from POST /generate to its "1" answer (p50/p99), against a running service.
 
-    SADTALKER_ALLOW_CPU=1 SADTALKER_PIPELINE_FACTORY=serving.fake_pipeline:create \
+    SADTALKER_ALLOW_CPU=1 SADTALKER_PIPELINE_FACTORY=tests.fakes:create \
         SADTALKER_INPUT_DIRS=/tmp/in SADTALKER_MAX_QUEUE=1000 bentoml serve service:SadTalkerService &
     python bench/service_latency.py --url http://127.0.0.1:3000 --image /tmp/in/face.png --audio /tmp/in/a.wav
 

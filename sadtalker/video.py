@@ -81,8 +81,9 @@ class VideoWriter:
         self._audio = audio
         self._audio_sample_rate = audio_sample_rate
         token = uuid.uuid4().hex[:12]
-        self._tmp_video = self.path.with_name(f".{self.path.stem}.{token}.partial.mp4")
-        # The partial mp4 stays next to the output so that the final rename is atomic (same file system).
+        # Next to the output so that the final rename is atomic (same file system); the name does NOT end in .mp4
+        # (ffmpeg gets `-f mp4`), so a client globbing "*.mp4" in the output folder never sees a half-written video.
+        self._tmp_video = self.path.with_name(f".{self.path.stem}.{token}.partial")
         audio_dir = Path(temp_dir) if temp_dir is not None else self.path.parent
         self._tmp_audio = audio_dir / f".{self.path.stem}.{token}.audio.wav"
         self._proc: subprocess.Popen[bytes] | None = None

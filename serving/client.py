@@ -7,14 +7,27 @@ or use this subclass, which converts every `os.PathLike` argument to its string 
 
     with SadTalkerClient("http://127.0.0.1:3000") as client:
         client.generate(driven_audio=Path("/data/in/a.wav"), source_image=Path("/data/in/p.png"), option="crop")
+
+`generate_and_wait` and `wait_for` ride through a server restart: while a server drains (SIGTERM) BentoML stops
+answering (requests time out, then connections are refused) until the next start is ready, and a full queue
+answers 429. They retry those (and 502/503/504) with backoff until their deadline; resubmitting is safe because
+the request_id makes `/generate` idempotent.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import bentoml
+import httpx
+from bentoml.exceptions import BentoMLException
+
+_T = TypeVar("_T")
+#: Answers that mean "not now" rather than "no": a full queue, a draining or restarting server, a proxy in between.
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
 def _plain(value: Any) -> Any:
@@ -33,6 +46,27 @@ class JobFailed(RuntimeError):
     def __init__(self, status: dict[str, Any]) -> None:
         super().__init__(f"job {status.get('request_id') or status.get('job_id')} failed: {status.get('error')}")
         self.status = status
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):  # refused, reset, timed out: the server is stopping or starting
+        return True
+    return isinstance(exc, BentoMLException) and int(exc.error_code) in RETRYABLE_STATUS
+
+
+def retry_unavailable(
+    call: Callable[[], _T], *, deadline: float, max_delay: float = 10.0, sleep: Callable[[float], None] = time.sleep
+) -> _T:
+    """``call()``, retried with backoff while the server is unavailable, until ``deadline`` (time.monotonic)."""
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_unavailable(exc) or time.monotonic() + delay > deadline:
+                raise
+            sleep(delay)
+            delay = min(delay * 2, max_delay)
 
 
 def generate_and_wait(
@@ -55,8 +89,11 @@ def generate_and_wait(
     import secrets
 
     request_id = request_id or f"client-{secrets.token_hex(8)}"
-    answer = client.generate(
-        driven_audio=_plain(driven_audio), source_image=_plain(source_image), option=option, request_id=request_id
+    answer = retry_unavailable(
+        lambda: client.generate(
+            driven_audio=_plain(driven_audio), source_image=_plain(source_image), option=option, request_id=request_id
+        ),
+        deadline=time.monotonic() + timeout_seconds,
     )
     if str(answer).strip() != "1":
         raise RuntimeError(f"unexpected answer from /generate: {answer!r}")
@@ -74,11 +111,9 @@ def wait_for(
     on_status: Any = None,
 ) -> dict[str, Any]:
     """Follow ``/status`` of an accepted job until it is completed (returned) or failed (``JobFailed``)."""
-    import time
-
     deadline = time.monotonic() + timeout_seconds
     while True:
-        status = client.status(request_id=request_id)
+        status = retry_unavailable(lambda: client.status(request_id=request_id), deadline=deadline)
         if on_status is not None:
             on_status(status)
         if status["state"] == "completed":

@@ -24,8 +24,12 @@ instead of surfacing later as a confusing per-request failure.
 * SADTALKER_SIZE (256): render size, 256 or 512 (which SadTalker_V0.0.2_<size>.safetensors is loaded).
 * SADTALKER_ENHANCER_MAX_FACES (unset = all, as the original): faces GFPGAN restores per frame, largest
   first; bounds the enhancer's cost on group photos.
+* SADTALKER_LEASE_SECONDS (30): a running job's lease; its worker renews it every third of that. A job whose
+  worker died is taken back (requeued) once its lease expires, by this or any server on the state directory.
+* SADTALKER_MAX_BODY_BYTES (65536): largest JSON request body; larger ones get 413 before being parsed.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
-  `sadtalker.pipeline:SadTalker`, e.g. `serving.fake_pipeline:create`; checkpoints are then not verified.
+  `sadtalker.pipeline:SadTalker`, e.g. `tests.fakes:create` from the repository root; checkpoints are then
+  not verified.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class ServingConfig:
     render_size: int = 256
     enhancer_max_faces: int | None = None
     pipeline_factory: str | None = None
+    lease_seconds: float = 30.0
+    max_body_bytes: int = 64 * 1024
 
     @property
     def database_path(self) -> Path:
@@ -75,7 +81,7 @@ class ServingConfig:
 
     @property
     def temp_root(self) -> Path:
-        """Parent of the per-job temp dirs; wiped at start-up (leftovers of a killed process)."""
+        """Parent of the per-job temp dirs `<job id>/`; at start-up, those of jobs without a live lease go."""
         return self.state_dir / "tmp"
 
     @property
@@ -103,6 +109,8 @@ class ServingConfig:
             render_size=_choice(env, "SADTALKER_SIZE", 256, (256, 512)),
             enhancer_max_faces=_optional_int(env, "SADTALKER_ENHANCER_MAX_FACES", minimum=1),
             pipeline_factory=_factory(env, "SADTALKER_PIPELINE_FACTORY"),
+            lease_seconds=_float(env, "SADTALKER_LEASE_SECONDS", 30.0, minimum=1.0),
+            max_body_bytes=_int(env, "SADTALKER_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
         )
         if input_dirs_set:
             # An explicit root that does not exist is a typo or a missing mount: say so now, not per request.
@@ -110,6 +118,14 @@ class ServingConfig:
                 if not root.is_dir():
                     raise ConfigError(f"SADTALKER_INPUT_DIRS: {root} is not an existing directory")
         return config
+
+    @staticmethod
+    def max_body_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+        """SADTALKER_MAX_BODY_BYTES alone (read when the HTTP app is built; a bad value is reported by preflight)."""
+        try:
+            return _int(os.environ if env is None else env, "SADTALKER_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
+        except ConfigError:
+            return 64 * 1024
 
     def prepare_directories(self) -> None:
         """Create output/state/temp (and the default input) dirs; raises ConfigError if one is unusable."""

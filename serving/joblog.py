@@ -1,5 +1,6 @@
-"""Job id on every log line written while a job runs, including the pipeline's own log lines.
+"""Logging of the service: the job id on every line of a job; client errors in one line.
 
+Job id on every log line written while a job runs, including the pipeline's own log lines:
 The worker sets a context variable around each job; a filter on the root logger's handlers adds
 ``record.job_id`` (for structured formatters) and prefixes the message with ``job=<id>`` (for the plain
 formatter BentoML installs), so `grep job=<id>` gives the whole story of one job.
@@ -26,10 +27,6 @@ def job_context(job_id: str, request_id: str | None = None) -> Iterator[None]:
         _current_job.reset(token)
 
 
-def current_job() -> str | None:
-    return _current_job.get()
-
-
 class JobLogFilter(logging.Filter):
     """Adds ``job_id`` to records and ``job=<id>`` to their message while a job context is active."""
 
@@ -53,3 +50,45 @@ def install_job_log_filter(logger: logging.Logger | None = None) -> None:
     for handler in logger.handlers:
         if not any(isinstance(existing, JobLogFilter) for existing in handler.filters):
             handler.addFilter(JobLogFilter())
+
+
+#: BentoML's logger for exceptions raised while handling a request (schema validation errors among them).
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """A request the client got wrong (4xx) is one WARNING line, not an ERROR with a traceback.
+
+    BentoML logs the pydantic error of a malformed body with ``logger.error(..., exc_info=True)``; the client
+    has its answer (400 naming the field), and the operator needs no stack trace for it. Server errors keep theirs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_client_error(exc):
+            summary = " ".join(str(exc).split())  # one line, whatever the client sent
+            if len(summary) > 300:
+                summary = summary[:300] + "..."
+            where = record.getMessage().removeprefix("Exception on ")
+            record.msg = "client error on %s, answered 4xx: %s: %s"
+            record.args = (where, type(exc).__name__, summary)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    status = getattr(exc, "error_code", None)  # BentoMLException subclasses carry their HTTP status
+    code = int(status) if status is not None else 500
+    return 400 <= code < 500
+
+
+def install_client_error_log_filter() -> None:
+    logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(existing, ClientErrorLogFilter) for existing in logger.filters):
+        logger.addFilter(ClientErrorLogFilter())
+

@@ -3,13 +3,19 @@
 `submit` is what `/generate` does: idempotency by request_id, validation, the queue bound, the
 durable insert, and waking the worker. The HTTP layer (service.py) only maps its exceptions to status
 codes: RequestInvalid -> 400, RequestConflict -> 409, QueueFull -> 429 + Retry-After,
-NotAccepting -> 503.
+NotAccepting and StoreFull -> 503.
+
+Resubmitting a request_id: same inputs and the job is queued, running or completed -> the same job
+(nothing new); failed for a transient reason (interrupted, out of memory, internal, render...) -> the
+same job queued again as a new attempt; failed for a permanent reason (its inputs: no face, unreadable
+image or audio) -> 409 naming the failure. Other inputs -> 409.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 from dataclasses import dataclass
 
@@ -17,9 +23,9 @@ from serving.config import ServingConfig
 from serving.metrics import JobMetrics
 from serving.naming import allocate_output_path
 from serving.schema import GenerateRequest, JobStatus
-from serving.store import DuplicateRequestId, JobRecord, JobState, JobStore, NewJob
+from serving.store import DuplicateRequestId, JobRecord, JobState, JobStore, StoreFull, is_disk_full
 from serving.validation import RequestValidator, fingerprint_of
-from serving.worker import RenderWorker
+from serving.worker import PERMANENT_KINDS, RenderWorker
 
 log = logging.getLogger("sadtalker.serving.jobs")
 
@@ -40,6 +46,10 @@ class RequestConflict(Exception):
 
 class NotAccepting(Exception):
     """The service is shutting down (HTTP 503)."""
+
+
+class JobNotFound(LookupError):
+    """`/status` of an unknown request_id or job id (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -66,51 +76,62 @@ class JobService:
         self._admission = threading.Lock()
 
     def submit(self, request: GenerateRequest) -> Submission:
-        """Validate and durably queue a request. Raises RequestInvalid/RequestConflict/QueueFull/NotAccepting."""
+        """Validate and durably queue a request.
+
+        Raises RequestInvalid, RequestConflict, QueueFull, NotAccepting or StoreFull.
+        """
         if self._worker.stopping:
             raise NotAccepting("the service is shutting down; retry on another replica or after restart")
+        try:
+            return self._submit(request)
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                log.error("cannot record a new job: the job database is not writable (%s)", exc)
+                raise StoreFull(
+                    f"the service cannot record new jobs: its state disk is full or read-only ({exc}); "
+                    "retry later"
+                ) from exc
+            raise
+
+    def _submit(self, request: GenerateRequest) -> Submission:
         # Idempotency first: a retried request must get the same answer even if the queue filled up since.
         if request.request_id is not None:
             existing = self._store.get_by_request_id(request.request_id)
             if existing is not None:
                 return self._resubmission(existing, fingerprint_of(request))
-        checked = self._validator.validate(request)
+        job_request = self._validator.validate(request)
         with self._admission:
-            depth = self._store.count(JobState.QUEUED)
-            if depth >= self._config.max_queue:
-                raise QueueFull(depth, self.retry_after())
+            self._check_queue_bound()
             output = allocate_output_path(self._config.output_dir, is_reserved=self._store.is_output_reserved)
-            new_job = NewJob(
-                request_id=checked.request_id,
-                fingerprint=checked.fingerprint,
-                source_image=checked.source_image,
-                driven_audio=checked.driven_audio,
-                option=checked.option,
-                output_path=output,
-                landmarks=checked.landmarks,
-                audio_seconds=checked.audio_seconds,
-            )
             try:
-                job = self._store.insert(new_job)
+                job = self._store.insert(job_request, output)
             except DuplicateRequestId:
                 # Another thread inserted the same request_id between our lookup and insert.
-                existing = self._store.get_by_request_id(new_job.request_id or "")
+                existing = self._store.get_by_request_id(job_request.request_id or "")
                 assert existing is not None
-                return self._resubmission(existing, checked.fingerprint)
-        self._metrics.accepted.labels(preset=job.option).inc()
-        self._worker.update_queue_gauge()
-        self._worker.notify()
+                return self._resubmission(existing, job_request.fingerprint())
+        self._queued(job)
         log.info(
-            "job=%s accepted request_id=%s option=%s image=%s audio=%s (%.2fs) -> %s",
+            "job=%s accepted request_id=%r preset=%s image=%r audio=%r (%.2fs) -> %r",
             job.id,
             job.request_id,
-            job.option,
-            job.source_image,
-            job.driven_audio,
-            checked.audio_seconds,
-            job.output_path,
+            job_request.preset,
+            job_request.source_image,
+            job_request.driven_audio,
+            job_request.audio_seconds or 0.0,
+            str(job.output_path),
         )
         return Submission(job=job, duplicate=False)
+
+    def _check_queue_bound(self) -> None:
+        depth = self._store.count(JobState.QUEUED)
+        if depth >= self._config.max_queue:
+            raise QueueFull(depth, self.retry_after())
+
+    def _queued(self, job: JobRecord) -> None:
+        self._metrics.accepted.labels(preset=job.request.preset).inc()
+        self._worker.update_queue_gauge()
+        self._worker.notify()
 
     def _resubmission(self, existing: JobRecord, fingerprint: str) -> Submission:
         if existing.fingerprint != fingerprint:
@@ -118,8 +139,29 @@ class JobService:
                 f"request_id {existing.request_id!r} was already used for different inputs "
                 f"(job {existing.id}, {existing.state}); use a new request_id"
             )
-        log.info("job=%s duplicate submission of request_id=%s ignored", existing.id, existing.request_id)
-        return Submission(job=existing, duplicate=True)
+        if existing.state is not JobState.FAILED:
+            log.info("job=%s duplicate submission of request_id=%r ignored", existing.id, existing.request_id)
+            return Submission(job=existing, duplicate=True)
+        if existing.error_kind in PERMANENT_KINDS:
+            raise RequestConflict(
+                f"request_id {existing.request_id!r} failed for good (job {existing.id}, {existing.error_kind}: "
+                f"{existing.error}); fix the input and submit it with a new request_id"
+            )
+        with self._admission:
+            self._check_queue_bound()
+            retried = self._store.retry(existing.id)
+        if retried is None:  # a concurrent resubmission requeued it first
+            retried = self._store.get(existing.id)
+            assert retried is not None
+            return Submission(job=retried, duplicate=True)
+        log.info(
+            "job=%s request_id=%r resubmitted after a %s failure: queued again",
+            existing.id,
+            existing.request_id,
+            existing.error_kind,
+        )
+        self._queued(retried)
+        return Submission(job=retried, duplicate=False)
 
     def retry_after(self) -> int:
         """Seconds until a queue slot is likely free: about one job's duration."""
@@ -128,9 +170,19 @@ class JobService:
             return DEFAULT_RETRY_AFTER
         return int(min(max(math.ceil(mean), 1), MAX_RETRY_AFTER))
 
-    def status(self, key: str) -> JobStatus | None:
-        record = self._store.find(key)
-        return None if record is None else self.to_status(record)
+    def status(self, *, request_id: str | None = None, job_id: str | None = None) -> JobStatus:
+        """One job by the client's request_id OR by the server's job id (two namespaces, never mixed)."""
+        if (request_id is None) == (job_id is None):
+            raise ValueError("give exactly one of request_id and job_id")
+        if request_id is not None:
+            record = self._store.get_by_request_id(request_id)
+            if record is None:
+                raise JobNotFound(f"request_id: no job with request_id {request_id!r}")
+        else:
+            record = self._store.get(job_id or "")
+            if record is None:
+                raise JobNotFound(f"job_id: no job with id {job_id!r}")
+        return self.to_status(record)
 
     def recent(self, limit: int) -> list[JobStatus]:
         return [self.to_status(record) for record in self._store.recent(limit)]
@@ -149,13 +201,14 @@ class JobService:
             state=record.state.value,
             progress=record.progress,
             stage=record.stage,
-            option=record.option,
-            source_image=str(record.source_image),
-            driven_audio=str(record.driven_audio),
+            option=record.request.preset,
+            source_image=record.request.source_image,
+            driven_audio=record.request.driven_audio,
             output_path=str(record.output_path),
             error=record.error,
             error_kind=record.error_kind,
             attempts=record.attempts,
+            worker=record.owner,
             queue_position=position,
             created_at=record.created_at,
             started_at=record.started_at,

@@ -15,7 +15,7 @@ __all__ = ["OUTPUT_NAME_PATTERN", "allocate_output_path", "output_name", "partia
 def partial_files(output_path: Path) -> list[Path]:
     """Temporary files a render of ``output_path`` may leave if the process is killed mid-encode.
 
-    The pipeline writes `.<stem>.<token>.partial.mp4` next to the output (so the final rename is atomic);
+    The pipeline writes `.<stem>.<token>.partial` next to the output (so the final rename is atomic);
     the stem is unique to one job, so this never matches another job's files.
     """
     return sorted(output_path.parent.glob(f".{output_path.stem}.*partial*"))

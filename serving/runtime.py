@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ from pathlib import Path
 
 from serving.config import ConfigError, ServingConfig
 from serving.device import DeviceUnavailable, gpu_info, select_device
-from serving.joblog import install_job_log_filter
+from serving.joblog import install_client_error_log_filter, install_job_log_filter
 from serving.jobs import JobService
 from serving.metrics import JobMetrics
-from serving.pipeline import Pipeline, build_pipeline
+from serving.pipeline_factory import Pipeline, build_pipeline
 from serving.schema import SystemInfo
-from serving.store import JobState, JobStore
+from serving.store import JobState, JobStore, StoreError, check_database
 from serving.validation import RequestValidator
 from serving.worker import RenderWorker
 
@@ -61,6 +62,7 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
     or checkpoint stops `bentoml serve` at once with exit status 1, instead of workers crash-looping.
     """
     device = prepare(config, cuda_available=cuda_available)
+    check_store(config)
     if config.uses_dev_pipeline:
         log.warning(
             "SADTALKER_PIPELINE_FACTORY=%s: DEV/TEST pipeline, checkpoints not verified", config.pipeline_factory
@@ -75,6 +77,18 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
         hint = " (or point SADTALKER_CHECKPOINTS at the directory holding them)"
         raise StartupError(one_line(str(exc)) + hint) from None
     return device
+
+
+def check_store(config: ServingConfig) -> None:
+    """The job database is sound (SQLite integrity check) and at this version's layout (migrations run now).
+
+    Done once, before workers start: a corrupt file stops `serve` with one line instead of a worker restart loop.
+    """
+    try:
+        check_database(config.database_path)
+        JobStore(config.database_path).close()  # runs pending migrations while nothing else uses the file
+    except (StoreError, sqlite3.Error) as exc:
+        raise StartupError(one_line(str(exc))) from None
 
 
 def directory_bytes(directory: Path) -> int:
@@ -92,6 +106,7 @@ def configure_logging() -> None:
     """Our loggers at INFO (BentoML's root is WARNING) and the job id on every line of a job."""
     logging.getLogger("sadtalker").setLevel(logging.INFO)
     install_job_log_filter()
+    install_client_error_log_filter()
 
 
 @dataclass
@@ -126,7 +141,16 @@ class Runtime:
             log.info("models loaded in %.1fs", time.monotonic() - started)
         store = JobStore(config.database_path)
         metrics = metrics or JobMetrics.create().initialise_labels()
-        worker = RenderWorker(pipeline, store, metrics, temp_root=config.temp_root, max_attempts=config.max_attempts)
+        worker = RenderWorker(
+            pipeline,
+            store,
+            metrics,
+            temp_root=config.temp_root,
+            input_roots=config.input_dirs,
+            output_dir=config.output_dir,
+            max_attempts=config.max_attempts,
+            lease_seconds=config.lease_seconds,
+        )
         validator = validator or RequestValidator(config)
         # Import the decoders now: the first request should not pay for importing cv2/soundfile.
         validator.preload()
@@ -144,8 +168,9 @@ class Runtime:
         )
         report = worker.recover()
         log.info(
-            "ready on %s: %d job(s) queued (%d interrupted by a crash and requeued), outputs in %s",
+            "ready on %s as worker %s: %d job(s) queued (%d interrupted by a crash and requeued), outputs in %s",
             device,
+            worker.owner,
             store.count(JobState.QUEUED),
             len(report.requeued),
             config.output_dir,
@@ -166,7 +191,6 @@ class Runtime:
         )
         self.worker.stop(grace)
         self.worker.update_queue_gauge()
-        # A job still "running" here belongs to a render thread that did not stop in time: the next start requeues it.
         counts = self.store.counts()
         pending = counts[JobState.QUEUED] + counts[JobState.RUNNING]
         log.info("shutdown complete; %d job(s) will run at the next start", pending)

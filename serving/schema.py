@@ -7,9 +7,11 @@ turns any `os.PathLike` into its string, and the OpenAPI schema shows `type: str
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -38,7 +40,10 @@ RequestId = Annotated[
         description="Client-chosen idempotency key: resubmitting it with the same inputs does not render twice",
     ),
 ]
-Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+# Strict: JSON numbers only (a string "1" is refused); integers are taken as floats.
+Coordinate = Annotated[float, Field(strict=True)]
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+Landmarks = Annotated[list[Point], Field(min_length=N_LANDMARKS, max_length=N_LANDMARKS)]
 
 
 class GenerateRequest(BaseModel):
@@ -50,7 +55,7 @@ class GenerateRequest(BaseModel):
     source_image: ServerPath
     option: Preset = Field(description="'crop': animate the cropped face; 'full': paste it back into the full image")
     request_id: RequestId | None = None
-    landmarks: Annotated[list[Point], Field(min_length=N_LANDMARKS, max_length=N_LANDMARKS)] | None = Field(
+    landmarks: Landmarks | None = Field(
         default=None,
         description="Optional 68 [x, y] face landmarks in original-image pixels (skips landmark detection)",
     )
@@ -63,6 +68,52 @@ class GenerateRequest(BaseModel):
                 if not (math.isfinite(x) and math.isfinite(y)):
                     raise ValueError(f"point {index} is not finite: [{x}, {y}]")
         return value
+
+
+class JobRequest(BaseModel):
+    """THE request of a job: made once by validation, stored as one JSON column, handed to the pipeline as is.
+
+    Every field except ``request_id`` is passed to the pipeline's ``generate`` as a keyword argument of the same
+    name (``pipeline_arguments``), so a new optional request field is added here, in `GenerateRequest` (its
+    HTTP form) and in the pipeline, and nothing in the store, the job service or the worker changes. Paths
+    are resolved (absolute, symlink-free) and inside the input roots when validation made it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_image: str
+    driven_audio: str
+    preset: Preset
+    request_id: str | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = None
+    audio_seconds: float | None = Field(default=None, description="Measured at validation (for metrics)")
+
+    #: Fields the service keeps about the request, not inputs of the render (not passed to the pipeline).
+    SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset({"request_id", "audio_seconds"})
+
+    @classmethod
+    def from_http(cls, request: GenerateRequest, **resolved: Any) -> JobRequest:
+        """The HTTP request's fields (``option`` becomes ``preset``) with ``resolved`` values replacing them."""
+        fields = request.model_dump()
+        fields["preset"] = fields.pop("option")
+        return cls.model_validate(fields | resolved)
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of the pipeline's ``generate`` (besides progress/temp_dir/output_path)."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name not in self.SERVICE_FIELDS}
+
+    def fingerprint(self) -> str:
+        """Identity of the inputs, for request_id idempotency (same id + same fingerprint = same job).
+
+        Fields left at None are not hashed (except the original four), so adding an optional field does not
+        change the fingerprint of requests that do not use it, nor of jobs stored before it existed.
+        """
+        fields = self.model_dump(mode="json", exclude=set(self.SERVICE_FIELDS))
+        fields["option"] = fields.pop("preset")  # the key the first schema hashed
+        legacy = {"source_image", "driven_audio", "option", "landmarks"}
+        canonical = {name: value for name, value in fields.items() if value is not None or name in legacy}
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class JobStatus(BaseModel):
@@ -80,18 +131,13 @@ class JobStatus(BaseModel):
     error: str | None
     error_kind: str | None
     attempts: int
+    worker: str | None = Field(default=None, description="The render worker (host:pid:id) holding a running job")
     queue_position: int | None = Field(default=None, description="1 = next to render (queued jobs only)")
     created_at: float
     started_at: float | None
     finished_at: float | None
     queued_seconds: float | None
     render_seconds: float | None
-
-
-class StatusRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str = Field(min_length=1, max_length=128, description="The request_id given to /generate, or a job id")
 
 
 class SystemInfo(BaseModel):

@@ -1,17 +1,27 @@
-"""Durable job records in SQLite: the queue of the render worker survives restarts.
+"""Durable job records in SQLite: the queue of the render workers survives restarts.
 
-The table is the queue: the worker claims the oldest `queued` row, so nothing lives only in memory.
+The table is the queue: a worker claims the oldest `queued` row, so nothing lives only in memory.
 Write-ahead logging lets status queries read while the worker writes; `synchronous=FULL` makes a
 committed `INSERT` survive a power cut, which is what lets `generate` answer "1" only after the insert.
 
-One connection is shared by the request threads and the worker thread under a lock: every statement
-here is tiny, and a single writer avoids SQLITE_BUSY handling altogether.
+A job's request (`serving.schema.JobRequest`) is ONE JSON column: the store never looks inside it except
+for `request_id`, its lookup key. Everything else in a row is the service's bookkeeping.
+
+Leases: a claimed job records its owner (one render worker) and a lease expiry the owner renews while it
+renders. Only a job whose lease has expired is taken back (requeued, or failed after too many attempts), so
+several workers or servers on one state directory never render a job twice; every write a worker makes
+about its job is conditioned on still owning it.
+
+The layout is versioned by `PRAGMA user_version`; `MIGRATIONS` bring any older database up to date, in
+order, each in its own transaction, when the store is opened.
+
+One connection per process is shared by the request threads and the worker thread under a lock: every
+statement here is tiny, and the `timeout` covers the rare write of another process on the same file.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import sqlite3
 import threading
 import time
@@ -20,12 +30,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-SCHEMA_VERSION = 1
+from serving.schema import JobRequest
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+_V1_SCHEMA = """
+CREATE TABLE jobs (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     id           TEXT    NOT NULL UNIQUE,
     request_id   TEXT    UNIQUE,
@@ -46,12 +55,51 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at   REAL,
     finished_at  REAL
 );
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE INDEX jobs_state ON jobs (state, seq);
 """
 
+# Version 2: the request as one JSON column (`JobRequest`), leases (owner + expiry), no per-field columns.
+_V2_MIGRATION = """
+CREATE TABLE jobs_v2 (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT    NOT NULL UNIQUE,
+    request_id   TEXT    UNIQUE,
+    fingerprint  TEXT    NOT NULL,
+    request      TEXT    NOT NULL,
+    state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed')),
+    progress     REAL    NOT NULL DEFAULT 0,
+    stage        TEXT,
+    output_path  TEXT    NOT NULL UNIQUE,
+    error        TEXT,
+    error_kind   TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    owner        TEXT,
+    lease_expires_at REAL,
+    created_at   REAL    NOT NULL,
+    started_at   REAL,
+    finished_at  REAL
+);
+INSERT INTO jobs_v2 (seq, id, request_id, fingerprint, request, state, progress, stage, output_path, error,
+                     error_kind, attempts, owner, lease_expires_at, created_at, started_at, finished_at)
+SELECT seq, id, request_id, fingerprint,
+       json_object('source_image', source_image, 'driven_audio', driven_audio, 'preset', option,
+                   'request_id', request_id, 'landmarks', json(landmarks), 'audio_seconds', audio_seconds),
+       state, progress, stage, output_path, error, error_kind, attempts,
+       -- A v1 job left running had no lease: it is expired at once, so recovery treats it as before.
+       NULL, CASE WHEN state = 'running' THEN 0 END, created_at, started_at, finished_at
+FROM jobs ORDER BY seq;
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+CREATE INDEX jobs_state ON jobs (state, seq);
+"""
+
+#: Ordered layout changes: MIGRATIONS[n - 1] turns a version n-1 database into version n (0 = empty file).
+MIGRATIONS: tuple[str, ...] = (_V1_SCHEMA, _V2_MIGRATION)
+SCHEMA_VERSION = len(MIGRATIONS)
+
 _COLUMNS = (
-    "id, request_id, fingerprint, source_image, driven_audio, option, landmarks, audio_seconds, state, progress, "
-    "stage, output_path, error, error_kind, attempts, created_at, started_at, finished_at"
+    "id, request_id, fingerprint, request, state, progress, stage, output_path, error, error_kind, attempts, "
+    "owner, lease_expires_at, created_at, started_at, finished_at"
 )
 
 
@@ -62,18 +110,12 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """What an accepted request becomes; paths are already resolved and validated."""
+class StoreError(RuntimeError):
+    """The job database cannot be used (corrupt, unreadable, or from a newer version of the service)."""
 
-    request_id: str | None
-    fingerprint: str
-    source_image: Path
-    driven_audio: Path
-    option: str
-    output_path: Path
-    landmarks: tuple[tuple[float, float], ...] | None = None
-    audio_seconds: float | None = None
+
+class StoreFull(RuntimeError):
+    """The job database could not be written: its disk is full or read-only (HTTP 503 on /generate)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +123,7 @@ class JobRecord:
     id: str
     request_id: str | None
     fingerprint: str
-    source_image: Path
-    driven_audio: Path
-    option: str
-    landmarks: tuple[tuple[float, float], ...] | None
-    audio_seconds: float | None
+    request: JobRequest
     state: JobState
     progress: float
     stage: str | None
@@ -93,45 +131,24 @@ class JobRecord:
     error: str | None
     error_kind: str | None
     attempts: int
+    owner: str | None
+    lease_expires_at: float | None
     created_at: float
     started_at: float | None
     finished_at: float | None
 
-    @property
-    def is_finished(self) -> bool:
-        return self.state in (JobState.COMPLETED, JobState.FAILED)
-
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JobRecord:
-        def optional(name: str, kind: Callable[[Any], Any]) -> Any:
-            return None if row[name] is None else kind(row[name])
-
-        landmarks = optional("landmarks", json.loads)
-        return cls(
-            id=row["id"],
-            request_id=row["request_id"],
-            fingerprint=row["fingerprint"],
-            source_image=Path(row["source_image"]),
-            driven_audio=Path(row["driven_audio"]),
-            option=row["option"],
-            landmarks=None if landmarks is None else tuple((float(x), float(y)) for x, y in landmarks),
-            audio_seconds=optional("audio_seconds", float),
-            state=JobState(row["state"]),
-            progress=float(row["progress"]),
-            stage=row["stage"],
-            output_path=Path(row["output_path"]),
-            error=row["error"],
-            error_kind=row["error_kind"],
-            attempts=int(row["attempts"]),
-            created_at=float(row["created_at"]),
-            started_at=optional("started_at", float),
-            finished_at=optional("finished_at", float),
-        )
+    def from_row(cls, row: sqlite3.Row, request_type: type[JobRequest]) -> JobRecord:
+        fields = dict(row)
+        fields["request"] = request_type.model_validate_json(row["request"])
+        fields["state"] = JobState(row["state"])
+        fields["output_path"] = Path(row["output_path"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
 class RecoveryReport:
-    """What `JobStore.recover` did with jobs a previous process left behind."""
+    """Jobs whose owner's lease expired: back in the queue, or failed after too many interrupted attempts."""
 
     requeued: tuple[str, ...]
     abandoned: tuple[str, ...]
@@ -145,24 +162,73 @@ class DuplicateRequestId(Exception):
         self.request_id = request_id
 
 
-class JobStore:
-    """SQLite-backed job table. Thread-safe; one instance per process."""
+def check_database(path: Path) -> None:
+    """Raise StoreError (one line: the file and what to do) unless ``path`` is absent or a sound job database.
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    Runs SQLite's integrity check; meant for start-up, before any worker opens the file.
+    """
+    if not path.exists():
+        return
+    advice = f"move {path} aside (its jobs are lost) and start again"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            result = [str(row[0]) for row in db.execute("PRAGMA integrity_check")]
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"job database {path} cannot be read ({exc}): {advice}") from None
+    if result != ["ok"]:
+        raise StoreError(f"job database {path} is corrupt ({'; '.join(result[:3])}): {advice}")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"job database {path} has layout version {version}, newer than this service's {SCHEMA_VERSION}: "
+            "run the newer service version, or move the file aside (its jobs are lost)"
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's 'database or disk is full' / read-only / I/O errors: the state disk, not the request."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        text in str(exc) for text in ("disk is full", "readonly", "read-only", "disk I/O error")
+    )
+
+
+class JobStore:
+    """SQLite-backed job table. Thread-safe; one instance per process (several processes may share the file)."""
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, request_type: type[JobRequest] = JobRequest
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
+        self._request_type = request_type
         self._lock = threading.RLock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so each multi-statement change is one transaction.
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:  # IMMEDIATE: two processes starting together migrate once
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"job database {self.path} has layout version {version}, newer than {SCHEMA_VERSION}"
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def version(self) -> int:
         with self._lock:
-            # Idempotent DDL (IF NOT EXISTS); executescript commits on its own.
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -175,46 +241,55 @@ class JobStore:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
-    def _one(self, sql: str, params: Sequence[object] = ()) -> JobRecord | None:
+    def _select(self, where: str, params: Sequence[object] = (), tail: str = "") -> list[JobRecord]:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {sql}", params).fetchone()
-        return None if row is None else JobRecord.from_row(row)
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {where} {tail}", params).fetchall()
+        return [JobRecord.from_row(row, self._request_type) for row in rows]
+
+    def _one(self, where: str, params: Sequence[object] = ()) -> JobRecord | None:
+        found = self._select(where, params, "LIMIT 1")
+        return found[0] if found else None
 
     # -- submission -------------------------------------------------------------------------------------------
 
-    def insert(self, job: NewJob) -> JobRecord:
+    def insert(self, request: JobRequest, output_path: Path) -> JobRecord:
         """Record an accepted job as `queued` (committed durably before returning)."""
         job_id = uuid.uuid4().hex
-        landmarks = None if job.landmarks is None else json.dumps([list(p) for p in job.landmarks])
         try:
             with self._transaction() as db:
                 db.execute(
-                    "INSERT INTO jobs (id, request_id, fingerprint, source_image, driven_audio, option, landmarks, "
-                    "audio_seconds, state, output_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    "INSERT INTO jobs (id, request_id, fingerprint, request, state, output_path, created_at) "
+                    "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
                     (
                         job_id,
-                        job.request_id,
-                        job.fingerprint,
-                        str(job.source_image),
-                        str(job.driven_audio),
-                        job.option,
-                        landmarks,
-                        job.audio_seconds,
-                        str(job.output_path),
+                        request.request_id,
+                        request.fingerprint(),
+                        request.model_dump_json(),
+                        str(output_path),
                         self._clock(),
                     ),
                 )
         except sqlite3.IntegrityError as exc:
-            if job.request_id is not None and "request_id" in str(exc):
-                raise DuplicateRequestId(job.request_id) from exc
+            if request.request_id is not None and "request_id" in str(exc):
+                raise DuplicateRequestId(request.request_id) from exc
             raise
-        record = self.get(job_id)
-        assert record is not None
-        return record
+        return self._must(job_id)
+
+    def retry(self, job_id: str) -> JobRecord | None:
+        """A failed job back to `queued` as a new attempt series (resubmission); None if it is not failed."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'queued', progress = 0, stage = 'resubmitted', error = NULL, "
+                "error_kind = NULL, attempts = 0, started_at = NULL, finished_at = NULL, owner = NULL, "
+                "lease_expires_at = NULL WHERE id = ? AND state = 'failed'",
+                (job_id,),
+            ).rowcount
+        return self.get(job_id) if changed else None
 
     def get(self, job_id: str) -> JobRecord | None:
         return self._one("id = ?", (job_id,))
@@ -222,12 +297,9 @@ class JobStore:
     def get_by_request_id(self, request_id: str) -> JobRecord | None:
         return self._one("request_id = ?", (request_id,))
 
-    def find(self, key: str) -> JobRecord | None:
-        """A job by client request_id, else by job id."""
-        return self.get_by_request_id(key) or self.get(key)
-
     def is_output_reserved(self, path: Path) -> bool:
-        return self._one("output_path = ?", (str(path),)) is not None
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM jobs WHERE output_path = ?", (str(path),)).fetchone() is not None
 
     def count(self, state: JobState) -> int:
         with self._lock:
@@ -242,15 +314,11 @@ class JobStore:
         return result
 
     def recent(self, limit: int) -> list[JobRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
+        return self._select("1", (), f"ORDER BY seq DESC LIMIT {int(limit)}")
 
     def queued(self) -> list[JobRecord]:
-        """Queued jobs in the order the worker will render them."""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY seq").fetchall()
-        return [JobRecord.from_row(row) for row in rows]
+        """Queued jobs in the order the workers will render them."""
+        return self._select("state = 'queued'", (), "ORDER BY seq")
 
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to render, 2 for the one after...; None unless the job is queued."""
@@ -275,77 +343,129 @@ class JobStore:
     # -- worker side ------------------------------------------------------------------------------------------
 
     def recover(self, max_attempts: int) -> RecoveryReport:
-        """Start-up: jobs left `running` by a previous process go back to the queue (or fail after too many tries).
+        """Running jobs whose lease expired (owner killed, crashed or cut off) go back to the queue.
 
         A render that was cut short ``max_attempts`` times is more likely to be killing the process
-        (e.g. out of memory) than unlucky, so it is failed instead of looping forever.
+        (e.g. out of memory) than unlucky, so it is failed instead of looping forever. Jobs whose owner
+        still renews its lease are left alone: that worker is alive (another server, or an orphaned
+        worker process) and will finish them.
         """
         now = self._clock()
         with self._transaction() as db:
-            rows = db.execute("SELECT id, attempts FROM jobs WHERE state = 'running' ORDER BY seq").fetchall()
+            rows = db.execute(
+                "SELECT id, attempts FROM jobs WHERE state = 'running' AND COALESCE(lease_expires_at, 0) < ? "
+                "ORDER BY seq",
+                (now,),
+            ).fetchall()
             requeued = [str(job_id) for job_id, attempts in rows if attempts < max_attempts]
             abandoned = [str(job_id) for job_id, attempts in rows if attempts >= max_attempts]
             db.executemany(
-                "UPDATE jobs SET state = 'queued', progress = 0, stage = 'requeued after restart', started_at = NULL "
-                "WHERE id = ?",
+                "UPDATE jobs SET state = 'queued', progress = 0, stage = 'requeued after restart', started_at = NULL, "
+                "owner = NULL, lease_expires_at = NULL WHERE id = ?",
                 [(job_id,) for job_id in requeued],
             )
             db.executemany(
-                "UPDATE jobs SET state = 'failed', finished_at = ?, error_kind = 'interrupted', "
+                "UPDATE jobs SET state = 'failed', finished_at = ?, error_kind = 'interrupted', owner = NULL, "
+                "lease_expires_at = NULL, "
                 "error = 'rendering was interrupted ' || attempts || ' times (process killed or crashed); not retried' "
                 "WHERE id = ?",
                 [(now, job_id) for job_id in abandoned],
             )
         return RecoveryReport(tuple(requeued), tuple(abandoned))
 
-    def claim_next(self) -> JobRecord | None:
-        """Atomically move the oldest queued job to `running` and return it (None if the queue is empty)."""
+    def claim_next(self, owner: str, lease_seconds: float, output_dir: Path | None = None) -> JobRecord | None:
+        """Atomically move the oldest queued job to `running`, owned by ``owner`` until its lease expires.
+
+        ``output_dir``: where this worker writes videos now; a job queued under another output directory (a
+        restart with a new SADTALKER_OUTPUT_DIR) keeps its file name but moves there.
+        """
+        now = self._clock()
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            row = db.execute("SELECT id, output_path FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
             if row is None:
                 return None
+            output_path = Path(row["output_path"])
+            if output_dir is not None and output_path.parent != output_dir:
+                output_path = output_dir / output_path.name
             db.execute(
                 "UPDATE jobs SET state = 'running', started_at = ?, finished_at = NULL, progress = 0, "
-                "stage = 'starting', error = NULL, error_kind = NULL, attempts = attempts + 1 WHERE id = ?",
-                (self._clock(), row[0]),
+                "stage = 'starting', error = NULL, error_kind = NULL, attempts = attempts + 1, owner = ?, "
+                "lease_expires_at = ?, output_path = ? WHERE id = ?",
+                (now, owner, now + lease_seconds, str(output_path), row["id"]),
             )
-        return self.get(str(row[0]))
+        return self.get(str(row["id"]))
 
-    def set_progress(self, job_id: str, stage: str, progress: float) -> None:
+    def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        """Heartbeat: extend the lease; False if the job is no longer ours (lease expired and taken back)."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND owner = ? AND state = 'running'",
+                (self._clock() + lease_seconds, job_id, owner),
+            ).rowcount
+        return bool(changed)
+
+    def live_job_ids(self) -> set[str]:
+        """Running jobs whose lease has not expired (their owners' temp dirs must be left alone)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at >= ?", (self._clock(),)
+            ).fetchall()
+        return {str(job_id) for (job_id,) in rows}
+
+    def set_progress(self, job_id: str, owner: str, stage: str, progress: float) -> None:
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND state = 'running'",
-                (stage, progress, job_id),
+                "UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND owner = ? AND state = 'running'",
+                (stage, progress, job_id, owner),
             )
 
-    def complete(self, job_id: str) -> JobRecord:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = 'completed', progress = 100, stage = 'done', finished_at = ? WHERE id = ?",
-                (self._clock(), job_id),
-            )
-        return self._must(job_id)
+    def complete(self, job_id: str, owner: str) -> bool:
+        """Mark our running job completed; False if it is no longer ours."""
+        return self._finish(
+            "state = 'completed', progress = 100, stage = 'done', finished_at = ?", (self._clock(),), job_id, owner
+        )
 
-    def fail(self, job_id: str, error: str, kind: str) -> JobRecord:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = 'failed', error = ?, error_kind = ?, finished_at = ? WHERE id = ?",
-                (error, kind, self._clock(), job_id),
-            )
-        return self._must(job_id)
+    def fail(self, job_id: str, owner: str, error: str, kind: str) -> bool:
+        """Mark our running job failed; False if it is no longer ours."""
+        return self._finish(
+            "state = 'failed', error = ?, error_kind = ?, finished_at = ?", (error, kind, self._clock()), job_id, owner
+        )
 
-    def requeue(self, job_id: str, reason: str) -> JobRecord:
+    def requeue(self, job_id: str, owner: str, reason: str) -> bool:
         """Put a gracefully interrupted job back at its place in the queue; the attempt does not count."""
+        return self._finish(
+            "state = 'queued', progress = 0, stage = ?, started_at = NULL, attempts = MAX(attempts - 1, 0)",
+            (reason,),
+            job_id,
+            owner,
+        )
+
+    def _finish(self, assignments: str, params: tuple[object, ...], job_id: str, owner: str) -> bool:
         with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = 'queued', progress = 0, stage = ?, started_at = NULL, "
-                "attempts = MAX(attempts - 1, 0) WHERE id = ?",
-                (reason, job_id),
-            )
-        return self._must(job_id)
+            changed = db.execute(
+                f"UPDATE jobs SET {assignments}, owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND owner = ? AND state = 'running'",
+                (*params, job_id, owner),
+            ).rowcount
+        return bool(changed)
 
     def _must(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
         if record is None:
             raise KeyError(job_id)
         return record
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit our transaction)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {buffer!r}")
+    return statements

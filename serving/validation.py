@@ -11,16 +11,13 @@ An image without a face is accepted and its job ends `failed` with a clear "no f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from serving.config import MIN_AUDIO_SECONDS, ServingConfig
-from serving.schema import GenerateRequest
+from serving.schema import GenerateRequest, JobRequest
 
 ImageProbe = Callable[[Path], tuple[int, int]]
 AudioProbe = Callable[[Path], float]
@@ -35,20 +32,6 @@ class RequestInvalid(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class ValidatedRequest:
-    """A request whose files passed every check; paths are resolved (absolute, symlink-free)."""
-
-    source_image: Path
-    driven_audio: Path
-    option: str
-    request_id: str | None
-    landmarks: tuple[tuple[float, float], ...] | None
-    image_size: tuple[int, int]
-    audio_seconds: float
-    fingerprint: str
-
-
 def resolve_request_path(raw: str) -> Path:
     """The absolute, symlink-free form of a client path (no existence check: see module docstring)."""
     if "\x00" in raw:
@@ -60,23 +43,11 @@ def resolve_request_path(raw: str) -> Path:
     return Path(os.path.realpath(path))
 
 
-def request_fingerprint(source_image: Path, driven_audio: Path, option: str, landmarks: object) -> str:
-    """Identity of a request's inputs, for request_id idempotency (same id + same fingerprint = same job)."""
-    canonical = json.dumps(
-        {
-            "source_image": str(source_image),
-            "driven_audio": str(driven_audio),
-            "option": option,
-            "landmarks": landmarks,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def fingerprint_of(request: GenerateRequest) -> str:
-    """Fingerprint computed from the raw request (paths resolved leniently); used before full validation."""
+    """Fingerprint of the raw request (paths resolved leniently), for request_id lookups before validation.
+
+    Equal to the validated request's `JobRequest.fingerprint()` whenever validation succeeds.
+    """
 
     def lenient(raw: str) -> str:
         try:
@@ -84,9 +55,10 @@ def fingerprint_of(request: GenerateRequest) -> str:
         except ValueError:
             return raw
 
-    return request_fingerprint(
-        Path(lenient(request.source_image)), Path(lenient(request.driven_audio)), request.option, request.landmarks
+    lenient_request = JobRequest.from_http(
+        request, source_image=lenient(request.source_image), driven_audio=lenient(request.driven_audio)
     )
+    return lenient_request.fingerprint()
 
 
 def _default_image_probe(path: Path) -> tuple[int, int]:
@@ -121,8 +93,8 @@ class RequestValidator:
         if self._probe_image is _default_image_probe or self._probe_audio is _default_audio_probe:
             import sadtalker.media  # noqa: F401
 
-    def validate(self, request: GenerateRequest) -> ValidatedRequest:
-        """Raise RequestInvalid for the first problem found, else return the resolved request."""
+    def validate(self, request: GenerateRequest) -> JobRequest:
+        """Raise RequestInvalid for the first problem found, else return the job's request (paths resolved)."""
         config = self._config
         image = self._check_file("source_image", request.source_image, config.max_image_bytes)
         audio = self._check_file("driven_audio", request.driven_audio, config.max_audio_bytes)
@@ -131,15 +103,8 @@ class RequestValidator:
         landmarks = None
         if request.landmarks is not None:
             landmarks = self._check_landmarks(request.landmarks, width, height)
-        return ValidatedRequest(
-            source_image=image,
-            driven_audio=audio,
-            option=request.option,
-            request_id=request.request_id,
-            landmarks=landmarks,
-            image_size=(width, height),
-            audio_seconds=seconds,
-            fingerprint=request_fingerprint(image, audio, request.option, request.landmarks),
+        return JobRequest.from_http(
+            request, source_image=str(image), driven_audio=str(audio), landmarks=landmarks, audio_seconds=seconds
         )
 
     def _check_file(self, field: str, raw: str, max_bytes: int) -> Path:
@@ -150,28 +115,28 @@ class RequestValidator:
         if not any(path.is_relative_to(root) for root in self._roots):
             roots = os.pathsep.join(str(root) for root in self._roots)
             raise RequestInvalid(
-                field, f"{raw} is outside the allowed input directories ({roots}; set SADTALKER_INPUT_DIRS)"
+                field, f"{raw!r} is outside the allowed input directories ({roots}; set SADTALKER_INPUT_DIRS)"
             )
         try:
             info = path.stat()
         except FileNotFoundError:
-            raise RequestInvalid(field, f"file not found: {raw}") from None
+            raise RequestInvalid(field, f"file not found: {raw!r}") from None
         except OSError as exc:
-            raise RequestInvalid(field, f"cannot access {raw}: {exc.strerror or exc}") from None
+            raise RequestInvalid(field, f"cannot access {raw!r}: {exc.strerror or exc}") from None
         if stat.S_ISDIR(info.st_mode):
-            raise RequestInvalid(field, f"{raw} is a directory, not a file")
+            raise RequestInvalid(field, f"{raw!r} is a directory, not a file")
         if not stat.S_ISREG(info.st_mode):
-            raise RequestInvalid(field, f"{raw} is not a regular file")
+            raise RequestInvalid(field, f"{raw!r} is not a regular file")
         try:
             # os.access can disagree with reality (ACLs, root); opening is the real test.
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise RequestInvalid(field, f"{raw} is not readable by the service ({exc.strerror or exc})") from None
+            raise RequestInvalid(field, f"{raw!r} is not readable by the service ({exc.strerror or exc})") from None
         if info.st_size == 0:
-            raise RequestInvalid(field, f"{raw} is empty")
+            raise RequestInvalid(field, f"{raw!r} is empty")
         if info.st_size > max_bytes:
-            raise RequestInvalid(field, f"{raw} is {info.st_size:,} bytes; the limit is {max_bytes:,} bytes")
+            raise RequestInvalid(field, f"{raw!r} is {info.st_size:,} bytes; the limit is {max_bytes:,} bytes")
         return path
 
     def _check_image(self, path: Path) -> tuple[int, int]:

@@ -1,32 +1,51 @@
 """The render worker: ONE thread that owns the pipeline (and so the GPU) and renders jobs in order.
 
-The queue is the job store itself (oldest `queued` row first), so a restart loses nothing: jobs left
-`running` by a killed process are put back by `JobStore.recover` before the thread starts.
+The queue is the job store itself (oldest `queued` row first), so a restart loses nothing. A claimed job is
+leased to this worker (`owner`); a heartbeat thread renews the lease while the job renders, and every write
+about the job is conditioned on still owning it. A job whose owner died (kill -9, crash, lost disk) is taken
+back by whichever worker next sees its lease expired; a job whose owner is alive — another server on the
+same state directory, or a worker process that outlived its `bentoml serve` — is never touched.
+
+Store failures never strand a job: a failed progress write is logged and skipped; the final write (completed,
+failed, requeued) is retried with backoff, and if it still cannot be made the lease simply expires and the
+job is rendered again. A finished video is never deleted because bookkeeping failed.
+
+Inputs are read through a snapshot taken right before rendering: each file is opened, the opened descriptor's
+real path is checked against the input roots, and its bytes are copied into the job's temp dir. A path
+swapped for a symlink after acceptance therefore fails the job (input error) and nothing outside the roots
+is read.
 
 Shutdown is cooperative. `stop(grace)` stops taking new jobs and waits up to `grace` seconds for the
 running one; after that it raises `JobInterrupted` from inside the pipeline's next progress callback,
-which unwinds the render (the pipeline only renames its output into place when complete, and the
-worker deletes the job's temp dir), and the job goes back to `queued` for the next start.
+which unwinds the render, and the job goes back to `queued` without counting as an attempt. If the render
+does not reach a progress callback within `ABORT_WAIT_SECONDS`, `stop` requeues the job itself (the render
+thread is a daemon and dies with the process), so a graceful restart never counts as a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import socket
+import stat
 import threading
 import time
-from collections.abc import Callable
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
-import numpy as np
-
+from sadtalker.errors import InputError
 from serving.config import FPS
 from serving.joblog import job_context
 from serving.metrics import JobMetrics
 from serving.naming import partial_files
-from serving.pipeline import Pipeline
+from serving.pipeline_factory import Pipeline
+from serving.schema import JobRequest
 from serving.store import JobRecord, JobState, JobStore, RecoveryReport
 
 log = logging.getLogger("sadtalker.serving.worker")
@@ -35,39 +54,101 @@ log = logging.getLogger("sadtalker.serving.worker")
 ABORT_WAIT_SECONDS = 10.0
 # The store is written at most this often for progress alone (stage changes are always written).
 PROGRESS_WRITE_INTERVAL = 1.0
+# A lease not renewed for this long means the owner is gone; the heartbeat renews it three times as often.
+DEFAULT_LEASE_SECONDS = 30.0
+# How long the final write of a job is retried (with backoff) before the lease is left to expire.
+TERMINAL_WRITE_SECONDS = 60.0
+
+#: Failure kinds a resubmission cannot fix: the inputs themselves are unusable (see `failure_kind`).
+PERMANENT_KINDS = frozenset({"input", "image", "no_face", "audio", "audio_too_short", "audio_too_long"})
+
+_T = TypeVar("_T")
 
 
 class JobInterrupted(Exception):
     """Raised inside the pipeline (via the progress callback) to abandon a render at shutdown."""
 
 
-def failure_kind(exc: BaseException) -> str:
-    """A small fixed set of labels for the failed-jobs metric (bounded cardinality)."""
-    from sadtalker.errors import AudioError, ImageError, InputError, NoFaceError, RenderError
-    from sadtalker.weights import CheckpointError
+class LeaseLost(Exception):
+    """Raised inside the pipeline when this worker no longer owns the job (its lease expired and was taken)."""
 
-    for kind, types in (
-        ("no_face", (NoFaceError,)),
-        ("image", (ImageError,)),
-        ("audio", (AudioError,)),
-        ("input", (InputError,)),
-        ("render", (RenderError,)),
-        ("checkpoint", (CheckpointError,)),
-    ):
-        if isinstance(exc, types):
-            return kind
-    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+
+def failure_kind(exc: BaseException) -> str:
+    """The failure label of an exception: its class's ``kind``; CUDA out-of-memory by type; else "internal"."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
         return "out_of_memory"
-    return "internal"
+    kind = getattr(exc, "kind", None)
+    return kind if isinstance(kind, str) and kind else "internal"
 
 
 def failure_message(exc: BaseException) -> str:
     """What the client sees in `/status`: the input field for input errors, the error type otherwise."""
-    from sadtalker.errors import InputError
-
     if isinstance(exc, InputError):
         return f"{exc.field}: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters escaped as repr() does (a newline in a file name cannot forge log lines)."""
+    return repr(text)[1:-1]
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The traceback of ``exc`` for the log, its message escaped (it may quote user-supplied paths)."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return f"Traceback (most recent call last):\n{frames}{name}: {escape(str(exc))}"
+
+
+def retry_with_backoff(
+    action: Callable[[], _T], what: str, *, deadline_seconds: float, first_delay: float = 0.2, max_delay: float = 5.0
+) -> _T:
+    """Run ``action`` until it succeeds or ``deadline_seconds`` passed (then re-raise its last error)."""
+    give_up = time.monotonic() + deadline_seconds
+    delay = first_delay
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+class InputChanged(InputError):
+    """An input file changed after acceptance so that it can no longer be used (a permanent failure)."""
+
+    kind: ClassVar[str] = "input"
+
+
+def snapshot_input(field: str, path: Path, roots: Sequence[Path], into: Path) -> Path:
+    """Copy one input into ``into`` through a descriptor whose real path is checked against ``roots``.
+
+    The check is made on the OPENED file (``/proc/self/fd``), so a symlink swapped in after acceptance can
+    neither redirect the read outside the roots nor slip in between check and read.
+    """
+    try:
+        # O_NONBLOCK: a FIFO swapped in must not block the worker; regular files ignore it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputChanged(f"{path!s} can no longer be read ({exc.strerror or exc})", field=field) from None
+    with os.fdopen(fd, "rb") as source:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not any(real.is_relative_to(root) for root in roots):
+            raise InputChanged(
+                f"{path!s} now resolves to {str(real)!r}, outside the allowed input directories", field=field
+            )
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputChanged(f"{path!s} is no longer a regular file", field=field)
+        into.mkdir(parents=True, exist_ok=True)
+        target = into / path.name
+        with open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1024 * 1024)
+    return target
 
 
 @dataclass
@@ -77,7 +158,9 @@ class _ProgressTracker:
     store: JobStore
     metrics: JobMetrics
     job_id: str
+    owner: str
     abort: threading.Event
+    lease_lost: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
     stage: str | None = None
     stage_started: float = 0.0
@@ -87,10 +170,11 @@ class _ProgressTracker:
     def __call__(self, stage: str, fraction: float) -> None:
         if self.abort.is_set():
             raise JobInterrupted("service is shutting down")
+        if self.lease_lost.is_set():
+            raise LeaseLost("this worker's lease on the job expired and the job was taken back")
         now = self.clock()
-        # The contract is a fraction of the whole job in [0, 1]; values above 1 are taken as percent.
-        percent = float(fraction) if fraction > 1.0 else float(fraction) * 100.0
-        percent = min(max(percent, 0.0), 100.0)
+        # The contract: a fraction of the whole job in [0, 1].
+        percent = min(max(float(fraction), 0.0), 1.0) * 100.0
         changed = stage != self.stage
         if changed:
             self._close_stage(now)
@@ -99,7 +183,10 @@ class _ProgressTracker:
         # Stage changes are always written; mere progress at most once per interval and per whole percent.
         due = abs(percent - self.written_percent) >= 1.0 and now - self.last_write >= PROGRESS_WRITE_INTERVAL
         if changed or due:
-            self.store.set_progress(self.job_id, stage, round(percent, 1))
+            try:
+                self.store.set_progress(self.job_id, self.owner, stage, round(percent, 1))
+            except Exception as exc:  # progress is informative: a failed write must not fail the render
+                log.warning("progress write skipped (%s: %s)", type(exc).__name__, exc)
             self.written_percent, self.last_write = percent, now
 
     def _close_stage(self, now: float) -> None:
@@ -126,6 +213,11 @@ def _release_cached_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def new_owner_id() -> str:
+    """Unique per worker: host and pid say whose it is in `/jobs` and logs; the random part keeps it unique."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class RenderWorker:
     """Renders queued jobs one at a time on a daemon thread (or synchronously via `process_one`)."""
 
@@ -136,15 +228,24 @@ class RenderWorker:
         metrics: JobMetrics,
         *,
         temp_root: Path,
+        input_roots: Sequence[Path],
+        output_dir: Path | None = None,
         max_attempts: int = 3,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        terminal_write_seconds: float = TERMINAL_WRITE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pipeline = pipeline
         self._store = store
         self._metrics = metrics
         self._temp_root = Path(temp_root)
+        self._input_roots = tuple(Path(os.path.realpath(root)) for root in input_roots)
+        self._output_dir = output_dir
         self._max_attempts = max_attempts
+        self._lease_seconds = lease_seconds
+        self._terminal_write_seconds = terminal_write_seconds
         self._clock = clock
+        self.owner = new_owner_id()
         self._wake = threading.Condition()
         self._pending = False
         self._stopping = threading.Event()
@@ -155,33 +256,41 @@ class RenderWorker:
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
-        """Clean up after a previous process: stale temp dirs, interrupted jobs back to the queue."""
-        if self._temp_root.exists():
-            for leftover in self._temp_root.iterdir():
-                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        """Take back jobs whose owner is gone and delete their leftovers; leave live owners' files alone."""
+        report = self._requeue_expired()
         self._temp_root.mkdir(parents=True, exist_ok=True)
+        live = self._store.live_job_ids()
+        for leftover in self._temp_root.iterdir():
+            if leftover.name in live:
+                continue  # another live worker's job (a second server on this state dir, or an orphan)
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        self.update_queue_gauge()
+        return report
+
+    def _requeue_expired(self) -> RecoveryReport:
         report = self._store.recover(self._max_attempts)
-        # A process killed mid-encode leaves the pipeline's partial mp4 next to the output; the job will be
+        # A process killed mid-encode leaves the pipeline's partial file next to the output; the job will be
         # rendered again (or is failed for good), so its partial file is garbage either way.
-        for job in [*self._store.queued(), *filter(None, map(self._store.get, report.abandoned))]:
-            self._remove_partials(job)
+        for job_id in (*report.requeued, *report.abandoned):
+            job = self._store.get(job_id)
+            if job is not None:
+                self._remove_partials(job)
         for job_id in report.requeued:
-            log.warning("job=%s was interrupted by a previous shutdown/crash: queued again", job_id)
+            log.warning("job=%s: its worker's lease expired (shutdown/crash/kill): queued again", job_id)
         for job_id in report.abandoned:
             log.error("job=%s was interrupted %d times: marked failed, not retried", job_id, self._max_attempts)
-        self.update_queue_gauge()
         return report
 
     @staticmethod
     def _remove_partials(job: JobRecord) -> None:
         for leftover in partial_files(job.output_path):
-            log.warning("job=%s removing partial output %s", job.id, leftover)
+            log.warning("job=%s removing partial output %r", job.id, str(leftover))
             leftover.unlink(missing_ok=True)
 
     def start(self) -> None:
         """Start the render thread (call `recover` first, once, before any job is claimed)."""
         # Daemon: if a render ignores the abort past the grace period, the process can still exit;
-        # the job, left `running`, is requeued by the next start.
+        # `stop` has requeued its job.
         self._thread = threading.Thread(target=self._run, name="sadtalker-render", daemon=True)
         self._thread.start()
 
@@ -209,7 +318,14 @@ class RenderWorker:
             self._abort.set()
             thread.join(ABORT_WAIT_SECONDS)
         if thread.is_alive():
-            log.error("render thread did not stop; its job will be requeued at the next start")
+            current = self._current
+            if current is not None:
+                # The render did not reach a stop check in time. Requeue it now, as a graceful interruption (not a
+                # crash attempt); the daemon thread dies with the process, and its late writes are refused because
+                # this worker no longer owns the job.
+                log.error("render thread did not stop within %gs: requeueing job=%s", ABORT_WAIT_SECONDS, current.id)
+                with contextlib.suppress(Exception):
+                    self._store.requeue(current.id, self.owner, "interrupted by shutdown; waiting for restart")
         return not thread.is_alive()
 
     @property
@@ -233,7 +349,7 @@ class RenderWorker:
     # -- rendering --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        log.info("render worker started")
+        log.info("render worker %s started", self.owner)
         while not self._stopping.is_set():
             with self._wake:
                 # Cleared BEFORE looking at the queue: a notify() from now on makes us look again.
@@ -247,82 +363,145 @@ class RenderWorker:
             if record is None:
                 with self._wake:
                     if not self._pending and not self._stopping.is_set():
-                        # The timeout is only a safety net; notify() is what wakes us.
-                        self._wake.wait(timeout=5.0)
+                        # Also the pace at which expired leases of other workers are noticed.
+                        self._wake.wait(timeout=min(5.0, self._lease_seconds))
         log.info("render worker stopped")
 
     def process_one(self) -> JobRecord | None:
         """Claim and render the oldest queued job; return its final record (None if the queue was empty)."""
         if self._stopping.is_set() and self._thread is not None:
             return None
-        job = self._store.claim_next()
+        self._requeue_expired()
+        job = self._store.claim_next(self.owner, self._lease_seconds, self._output_dir)
         if job is None:
             return None
         self._current = job
         try:
             self.update_queue_gauge()
             with job_context(job.id, job.request_id):
-                return self._render(job)
+                self._render(job)
+            return self._store.get(job.id)
         finally:
             self._current = None
 
-    def _render(self, job: JobRecord) -> JobRecord:
+    @contextlib.contextmanager
+    def _heartbeat(self, job: JobRecord, lost: threading.Event) -> Iterator[None]:
+        """Renew the job's lease every third of its duration until the block ends."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self._lease_seconds / 3):
+                try:
+                    if not self._store.renew_lease(job.id, self.owner, self._lease_seconds):
+                        log.error("job=%s lease lost: another worker took the job back; abandoning", job.id)
+                        lost.set()
+                        return
+                except Exception as exc:  # the store is briefly unwritable: keep trying until the lease runs out
+                    log.warning("job=%s lease renewal failed (%s: %s)", job.id, type(exc).__name__, exc)
+
+        thread = threading.Thread(target=beat, name=f"sadtalker-lease-{job.id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _render(self, job: JobRecord) -> None:
         temp_dir = self._temp_root / job.id
         shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir(parents=True)
-        tracker = _ProgressTracker(self._store, self._metrics, job.id, self._abort, clock=self._clock)
-        landmarks = None if job.landmarks is None else np.asarray(job.landmarks, dtype=np.float32)
-        started = self._clock()
-        log.info(
-            "rendering option=%s image=%s audio=%s -> %s (attempt %d)",
-            job.option,
-            job.source_image,
-            job.driven_audio,
-            job.output_path,
-            job.attempts,
+        lost = threading.Event()
+        tracker = _ProgressTracker(
+            self._store, self._metrics, job.id, self.owner, self._abort, lease_lost=lost, clock=self._clock
         )
+        request = job.request
+        started = self._clock()
+        log.info("rendering %s -> %r (attempt %d)", _describe(request), str(job.output_path), job.attempts)
         try:
-            with _inference_mode():
-                written = self._pipeline.generate(
-                    job.source_image,
-                    job.driven_audio,
-                    job.output_path,
-                    preset=job.option,
-                    landmarks=landmarks,
-                    progress=tracker,
-                    temp_dir=temp_dir,
-                )
-            if not job.output_path.is_file():
-                raise RuntimeError(f"the pipeline returned {written} but {job.output_path} does not exist")
+            with self._heartbeat(job, lost):
+                self._render_files(job, request, tracker, temp_dir)
         except JobInterrupted:
             tracker.finish()
             log.warning("interrupted by shutdown: queued again for the next start")
-            return self._store.requeue(job.id, "interrupted by shutdown; waiting for restart")
+            reason = "interrupted by shutdown; waiting for restart"
+            self._final_write(job, "requeue", lambda: self._store.requeue(job.id, self.owner, reason))
+            return
+        except LeaseLost:
+            tracker.finish()
+            return  # the job is another worker's now: no write, and its output path is theirs
         except Exception as exc:
             tracker.finish()
             kind = failure_kind(exc)
-            log.exception("failed (%s): %s", kind, failure_message(exc))
+            if kind in PERMANENT_KINDS:  # the inputs' fault: one line, like a 4xx
+                log.warning("failed (%s): %s", kind, escape(failure_message(exc)))
+            else:
+                log.error("failed (%s): %s\n%s", kind, escape(failure_message(exc)), traceback_text(exc))
             if job.output_path.exists():
                 # The name belongs to this job alone; a file there now is from a render we report as failed.
-                log.warning("removing %s written by the failed render", job.output_path)
+                log.warning("removing %r written by the failed render", str(job.output_path))
                 job.output_path.unlink(missing_ok=True)
             if kind == "out_of_memory":
                 _release_cached_gpu_memory()
-            record = self._store.fail(job.id, failure_message(exc), kind)
-            self._metrics.failed.labels(preset=job.option, kind=kind).inc()
-            self._metrics.job_seconds.labels(preset=job.option, outcome="failed").observe(self._clock() - started)
-            return record
+            preset = request.preset
+            self._metrics.failed.labels(preset=preset, kind=kind).inc()
+            self._metrics.job_seconds.labels(preset=preset, outcome="failed").observe(self._clock() - started)
+            message = failure_message(exc)
+            self._final_write(job, "fail", lambda: self._store.fail(job.id, self.owner, message, kind))
+            return
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)
-            self.update_queue_gauge()
             self._remove_partials(job)  # the pipeline cleans up after itself; this covers it if it did not
+            with contextlib.suppress(Exception):
+                self.update_queue_gauge()
         tracker.finish()
         elapsed = self._clock() - started
-        record = self._store.complete(job.id)
-        self._metrics.completed.labels(preset=job.option).inc()
-        self._metrics.job_seconds.labels(preset=job.option, outcome="completed").observe(elapsed)
-        if job.audio_seconds is not None:
-            # SadTalker renders one frame per 640 samples of 16 kHz audio, i.e. floor(25 * seconds).
-            self._metrics.frames_rendered.labels(preset=job.option).inc(int(job.audio_seconds * FPS))
-        log.info("completed in %.1fs: %s", elapsed, job.output_path)
-        return record
+        self._metrics.completed.labels(preset=request.preset).inc()
+        self._metrics.job_seconds.labels(preset=request.preset, outcome="completed").observe(elapsed)
+        log.info("completed in %.1fs: %r", elapsed, str(job.output_path))
+        # The video is in place whatever happens to this write: a bookkeeping failure never deletes it.
+        self._final_write(job, "complete", lambda: self._store.complete(job.id, self.owner))
+
+    def _render_files(self, job: JobRecord, request: JobRequest, tracker: _ProgressTracker, temp_dir: Path) -> None:
+        """Snapshot the inputs, run the pipeline, check its output exists."""
+        inputs = temp_dir / "inputs"
+        arguments = request.pipeline_arguments()
+        for name in ("source_image", "driven_audio"):
+            arguments[name] = snapshot_input(name, Path(arguments[name]), self._input_roots, inputs / name)
+        source_image = arguments.pop("source_image")
+        driven_audio = arguments.pop("driven_audio")
+        with _inference_mode():
+            written = self._pipeline.generate(
+                source_image,
+                driven_audio,
+                job.output_path,
+                progress=tracker,
+                temp_dir=temp_dir,
+                **arguments,
+            )
+        if not job.output_path.is_file():
+            raise RuntimeError(f"the pipeline returned {written} but {job.output_path} does not exist")
+        if request.audio_seconds is not None:
+            # SadTalker renders one frame per 40 ms of audio; counted only for a video actually written.
+            self._metrics.frames_rendered.labels(preset=request.preset).inc(int(request.audio_seconds * FPS))
+
+    def _final_write(self, job: JobRecord, what: str, write: Callable[[], bool]) -> None:
+        """The job's last write, retried; if it never lands the lease expires and the job is rendered again."""
+        try:
+            owned = retry_with_backoff(write, f"{what} write", deadline_seconds=self._terminal_write_seconds)
+        except Exception:
+            log.error(
+                "could not record the job as %s: it stays running until its lease expires, then is rendered again",
+                what,
+                exc_info=True,
+            )
+            return
+        if not owned:
+            log.error("could not record the job as %s: this worker no longer owns it", what)
+
+
+def _describe(request: JobRequest) -> str:
+    """The request for a log line; user strings repr-escaped (a newline in a file name cannot forge lines)."""
+    fields = request.model_dump(exclude={"landmarks", "request_id"}, exclude_none=True)
+    text = " ".join(f"{name}={value!r}" for name, value in fields.items())
+    return text + (" landmarks=given" if request.landmarks is not None else "")

@@ -61,6 +61,9 @@ def test_bento_excludes_tests_outputs_and_weights(bento: Path) -> None:
     files = [p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*") if p.is_file()]
     assert not [f for f in files if f.startswith(("tests/", "bench/", "output/", "state/", "inputs/", ".venv/"))]
     assert not [f for f in files if f.endswith((".safetensors", ".pth", ".pth.tar", ".mp4", ".sqlite3", ".pyc"))]
+    # Test scaffolding stays out of the image: the fake pipeline lives in tests/fakes.py only.
+    assert not [f for f in files if "fake" in f.rsplit("/", 1)[-1]], files
+    assert not any("FakePipeline" in (bento / "src" / f).read_text() for f in files if f.endswith(".py"))
 
 
 def test_bento_requirements_are_the_lock(bento: Path) -> None:
@@ -113,7 +116,12 @@ def test_built_bento_fails_fast_without_checkpoints(bento: Path, tmp_path: Path)
 
 def test_built_bento_serves_a_job(bento: Path, tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
-    server = launch(dirs, server_env(dirs), "bento-fake", target=str(bento), cwd=tmp_path)
+    # The fake pipeline is not in the Bento: put ONLY tests/fakes.py on the path (not the project's packages,
+    # which must come from the Bento).
+    (tmp_path / "fakes_path" / "tests").mkdir(parents=True)
+    shutil.copy2(REPO / "tests" / "fakes.py", tmp_path / "fakes_path" / "tests" / "fakes.py")
+    env = server_env(dirs, PYTHONPATH=str(tmp_path / "fakes_path"))
+    server = launch(dirs, env, "bento-fake", target=str(bento), cwd=tmp_path)
     try:
         wait_ready(server)
         response = post(server, "/generate", {"driven_audio": str(dirs.inputs / "speech.wav"),

@@ -1,6 +1,6 @@
 """The HTTP contract against a real `bentoml serve service:SadTalkerService` process.
 
-Rendering uses the dev-only fake pipeline (SADTALKER_PIPELINE_FACTORY=serving.fake_pipeline:create), so
+Rendering uses the test-only fake pipeline (SADTALKER_PIPELINE_FACTORY=tests.fakes:create), so
 these tests check the service, not the models: status codes, bodies, files, restart and shutdown.
 Every server gets its own BENTOML_HOME (BentoML clears its Prometheus directory at start-up).
 """
@@ -47,7 +47,8 @@ class Dirs:
         dirs = cls(root, root / "inputs", root / "output", root / "state")
         dirs.inputs.mkdir(parents=True, exist_ok=True)
         write_png(dirs.inputs / "face.png")
-        write_png(dirs.inputs / "fail_face.png")  # the fake pipeline fails on names containing "fail"
+        write_png(dirs.inputs / "fail_face.png")  # the fake pipeline fails on names containing "fail" ...
+        write_png(dirs.inputs / "noface.png")  # ... and finds no face in names containing "noface"
         write_wav(dirs.inputs / "speech.wav", 1.0)
         write_wav(dirs.inputs / "long.wav", 3.0)
         (dirs.inputs / "junk.png").write_bytes(b"not an image" * 20)
@@ -61,13 +62,14 @@ def server_env(dirs: Dirs, **overrides: str) -> dict[str, str]:
             "BENTOML_HOME": str(dirs.root / "bentoml_home"),
             "BENTOML_DO_NOT_TRACK": "True",
             "SADTALKER_ALLOW_CPU": "1",
-            "SADTALKER_PIPELINE_FACTORY": "serving.fake_pipeline:create",
+            "SADTALKER_PIPELINE_FACTORY": "tests.fakes:create",
             "SADTALKER_FAKE_RENDER_SECONDS": "0.3",
             "SADTALKER_INPUT_DIRS": str(dirs.inputs),
             "SADTALKER_OUTPUT_DIR": str(dirs.output),
             "SADTALKER_STATE_DIR": str(dirs.state),
             "SADTALKER_MAX_AUDIO_SECONDS": "2",
             "SADTALKER_SHUTDOWN_GRACE": "1",
+            "SADTALKER_FAKE_CALLS_LOG": str(dirs.root / "renders.log"),
         }
     )
     env.update(overrides)
@@ -107,6 +109,7 @@ def launch(
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as under a supervisor (and killpg-able in tests)
         )
     return Server(process, f"http://127.0.0.1:{port}", log)
 
@@ -130,11 +133,26 @@ def post(server: Server, route: str, body: dict, timeout: float = 30) -> httpx.R
     return httpx.post(f"{server.url}{route}", json=body, timeout=timeout)
 
 
-def wait_state(server: Server, key: str, states: set[str], timeout: float = 30) -> dict:
+def renders(dirs: Dirs) -> list[str]:
+    """Output names of every render the fake pipeline started, across all server processes on ``dirs``."""
+    log = dirs.root / "renders.log"
+    return [line.split()[1] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def metric_values(server: Server) -> dict[str, float]:
+    values = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("sadtalker_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def wait_state(server: Server, key: str, states: set[str], timeout: float = 30, by: str = "request_id") -> dict:
     deadline = time.monotonic() + timeout
     status: dict = {}
     while time.monotonic() < deadline:
-        response = post(server, "/status", {"request_id": key})
+        response = post(server, "/status", {by: key})
         if response.status_code == 200:
             status = response.json()
             if status["state"] in states:
@@ -297,29 +315,96 @@ def test_client_example_submits_and_follows_status(served: tuple[Server, Dirs]) 
             )
 
 
-def test_metrics_endpoint_shows_custom_metrics(served: tuple[Server, Dirs]) -> None:
+def test_metrics_count_exactly_what_happened(served: tuple[Server, Dirs]) -> None:
     server, dirs = served
+    before = metric_values(server)
     assert post(server, "/generate", body(dirs, request_id="metered")).text == "1"
+    failing = body(dirs, request_id="metered-fail", source_image=str(dirs.inputs / "fail_face.png"))
+    assert post(server, "/generate", failing).text == "1"
     wait_state(server, "metered", {"completed"})
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("sadtalker_"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    assert values['sadtalker_jobs_accepted_total{preset="crop"}'] >= 1
-    assert values['sadtalker_jobs_completed_total{preset="crop"}'] >= 1
-    assert values['sadtalker_frames_rendered_total{preset="crop"}'] >= 25
-    assert "sadtalker_queue_depth" in values
-    assert values['sadtalker_job_seconds_bucket{le="3600.0",outcome="completed",preset="crop"}'] >= 1
-    assert any(name.startswith("sadtalker_stage_seconds_count") for name in values)
+    wait_state(server, "metered-fail", {"failed"})
+    after = metric_values(server)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert delta('sadtalker_jobs_accepted_total{preset="crop"}') == 2
+    assert delta('sadtalker_jobs_completed_total{preset="crop"}') == 1
+    assert delta('sadtalker_jobs_failed_total{kind="render",preset="crop"}') == 1
+    assert delta('sadtalker_frames_rendered_total{preset="crop"}') == 25  # 1 s of audio; the failed job adds none
+    assert after["sadtalker_queue_depth"] == 0
+    assert delta('sadtalker_job_seconds_bucket{le="3600.0",outcome="completed",preset="crop"}') == 1
+    assert any(name.startswith("sadtalker_stage_seconds_count") for name in after)
+
+
+def test_request_hygiene_415_413_and_strict_landmarks(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    form = httpx.post(f"{server.url}/generate", data={"source_image": "x", "driven_audio": "y", "option": "crop"})
+    assert form.status_code == 415 and "application/json" in form.json()["error"]
+    huge = httpx.post(
+        f"{server.url}/generate", content=b'{"pad": "' + b"x" * (1 << 20) + b'"}',
+        headers={"content-type": "application/json"}, timeout=30,
+    )
+    assert huge.status_code == 413 and "limit" in huge.json()["error"]
+    strings = post(server, "/generate", body(dirs, landmarks=[["1", "2"]] * 68))
+    assert strings.status_code == 400 and strings.json()["detail"][0]["loc"][0] == "landmarks"
+    log = server.output()
+    # A client error is one WARNING line, without a traceback.
+    lines = [line for line in log.splitlines() if "client error on /generate [POST], answered 4xx" in line]
+    assert lines and all("[WARNING]" in line for line in lines)
+    assert "Exception on /generate" not in log
+
+
+def test_request_id_equal_to_a_job_id_does_not_hide_it(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    victim = post(server, "/generate", body(dirs))
+    job_id = victim.headers["x-sadtalker-job-id"]
+    assert post(server, "/generate", body(dirs, request_id=job_id, option="full")).text == "1"
+    by_job_id = wait_state(server, job_id, {"completed"}, by="job_id")
+    by_request_id = wait_state(server, job_id, {"completed"})
+    assert by_job_id["job_id"] == job_id and by_job_id["option"] == "crop"
+    assert by_request_id["job_id"] != job_id and by_request_id["option"] == "full"
+    both = post(server, "/status", {"request_id": "x", "job_id": job_id})
+    assert both.status_code == 400
+
+
+def test_resubmitted_failed_request_ids(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    transient = body(dirs, request_id="try-again", source_image=str(dirs.inputs / "fail_face.png"))
+    first = post(server, "/generate", transient)
+    wait_state(server, "try-again", {"failed"})
+    output = Path(first.headers["x-sadtalker-output"]).name
+    again = post(server, "/generate", transient)
+    assert (again.status_code, again.text) == (200, "1")
+    assert again.headers["x-sadtalker-job-id"] == first.headers["x-sadtalker-job-id"]
+    wait_state(server, "try-again", {"failed"})
+    assert renders(dirs).count(output) == 2  # rendered again, not a silent no-op
+
+    permanent = body(dirs, request_id="no-face", source_image=str(dirs.inputs / "noface.png"))
+    assert post(server, "/generate", permanent).text == "1"
+    failed = wait_state(server, "no-face", {"failed"})
+    assert failed["error_kind"] == "no_face"
+    refused = post(server, "/generate", permanent)
+    assert refused.status_code == 409 and "no_face" in refused.json()["error"]
+    assert renders(dirs).count(Path(failed["output_path"]).name) == 1
+
+
+def test_forged_newline_in_a_file_name_stays_on_one_log_line(served: tuple[Server, Dirs]) -> None:
+    server, dirs = served
+    evil = dirs.inputs / "evil\n2026-01-01T00:00:00+0000 [ERROR] forged.png"
+    evil.write_bytes((dirs.inputs / "face.png").read_bytes())
+    assert post(server, "/generate", body(dirs, request_id="evil", source_image=str(evil))).text == "1"
+    wait_state(server, "evil", {"completed"})
+    log = server.output()
+    assert "forged.png" in log and not any(line.startswith("2026-01-01T00:00:00+0000") for line in log.splitlines())
+    assert "evil\\n2026-01-01" in log  # escaped, as repr() writes it
 
 
 def test_system_info_and_jobs(served: tuple[Server, Dirs]) -> None:
     server, _ = served
     info = post(server, "/system_info", {}).json()
     assert info["device"] == "cpu" and info["models_loaded"] and info["accepting"]
-    assert info["pipeline"] == "serving.fake_pipeline.FakePipeline"
+    assert info["pipeline"] == "tests.fakes.FakePipeline"
     assert set(info["jobs_by_state"]) == {"queued", "running", "completed", "failed"}
     jobs = post(server, "/jobs", {"limit": 2}).json()
     assert len(jobs) <= 2
@@ -376,6 +461,19 @@ def test_missing_checkpoints_serve_exits_nonzero_with_one_line(tmp_path: Path) -
     assert "Traceback" not in output
 
 
+def test_corrupt_database_stops_serve_with_one_line(tmp_path: Path) -> None:
+    dirs = Dirs.make(tmp_path)
+    dirs.state.mkdir(parents=True)
+    database = dirs.state / "jobs.sqlite3"
+    database.write_bytes(os.urandom(64 * 1024))
+    code, output, seconds = run_until_exit(dirs, server_env(dirs), "corrupt")
+    assert code == 1, output
+    lines = [line for line in output.splitlines() if "SadTalker cannot start" in line]
+    assert len(lines) == 1 and str(database) in lines[0] and "move" in lines[0] and "jobs are lost" in lines[0]
+    assert "Traceback" not in output
+    assert seconds < 30  # fails before any worker starts: no restart loop
+
+
 def test_invalid_env_value_serve_exits_nonzero(tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
     code, output, _ = run_until_exit(dirs, server_env(dirs, SADTALKER_MAX_QUEUE="lots"), "badenv")
@@ -388,7 +486,9 @@ def test_invalid_env_value_serve_exits_nonzero(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
-    slow = server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="1", SADTALKER_SHUTDOWN_GRACE="1")
+    # The render checks in every 30 s: less often than the 10 s abort wait, like a real CPU batch with GFPGAN.
+    slow = server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_FAKE_TICKS="2", SADTALKER_MAX_QUEUE="1",
+                      SADTALKER_SHUTDOWN_GRACE="1")
     server = launch(dirs, slow, "slow")
     wait_ready(server)
     try:
@@ -407,18 +507,101 @@ def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) 
         assert time.monotonic() - begin < 40  # grace 1 s + abort + BentoML's own shutdown
     finally:
         server.stop()
-    assert "interrupted by shutdown" in server.output()
+    # The render never reached a stop check: shutdown requeued the job itself (a graceful interruption, no attempt).
+    assert "render thread did not stop within 10s: requeueing job=" in server.output()
     assert list(dirs.output.iterdir()) == []  # no partial video
-    assert list((dirs.state / "tmp").iterdir()) == []
 
-    restarted = launch(dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3"), "restarted")
+    # The restart also moves the output directory: queued jobs are written where the server writes now.
+    moved = tmp_path / "output-after-restart"
+    restarted = launch(dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3", SADTALKER_OUTPUT_DIR=str(moved)),
+                       "restarted")
     wait_ready(restarted)
     try:
         done = [wait_state(restarted, key, {"completed", "failed"}) for key in ("running", "waiting")]
         assert [job["state"] for job in done] == ["completed", "completed"]
+        assert [job["attempts"] for job in done] == [1, 1]  # the graceful interruption was no attempt
         assert done[0]["finished_at"] <= done[1]["started_at"]  # still in submission order
-        assert sorted(p.name for p in dirs.output.iterdir()) == sorted(Path(j["output_path"]).name for j in done)
+        assert all(Path(job["output_path"]).parent == moved for job in done)
+        assert sorted(p.name for p in moved.iterdir()) == sorted(Path(j["output_path"]).name for j in done)
+        assert list(dirs.output.iterdir()) == []
         assert list((dirs.state / "tmp").iterdir()) == []
         assert json.loads(post(restarted, "/system_info", {}).text)["jobs_by_state"]["completed"] == 2
     finally:
         assert restarted.stop() == 0
+
+
+# -- several servers on one state directory ---------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+@pytest.mark.slow
+def test_two_servers_and_an_orphaned_worker_never_render_a_job_twice(tmp_path: Path) -> None:
+    """A second server on the same state dir shares the queue; a worker that outlives kill -9 keeps its job."""
+    dirs = Dirs.make(tmp_path)
+    long = {"SADTALKER_FAKE_RENDER_SECONDS": "10", "SADTALKER_FAKE_TICKS": "50", "SADTALKER_LEASE_SECONDS": "2"}
+    # Two servers on one state directory (a rolling restart on a shared volume), started together.
+    servers = [
+        launch(dirs, server_env(dirs, BENTOML_HOME=str(tmp_path / f"home{n}"), **long), f"server{n}") for n in (1, 2)
+    ]
+    orphan: int | None = None
+    try:
+        for server in servers:
+            wait_ready(server)
+        first, second = servers
+        assert post(first, "/generate", body(dirs, request_id="a")).text == "1"
+        job_a = wait_state(first, "a", {"running"})
+        assert post(first, "/generate", body(dirs, request_id="b", option="full")).text == "1"
+        job_b = wait_state(first, "b", {"running"}, timeout=15)  # the other server's worker takes it
+        assert job_a["worker"] != job_b["worker"]
+        temp = dirs.state / "tmp"
+        assert (temp / job_a["job_id"]).is_dir() and (temp / job_b["job_id"]).is_dir()  # both temp dirs intact
+        # An input swapped for a symlink to a file outside the roots after it was accepted:
+        swapped = dirs.inputs / "swapped.png"
+        swapped.write_bytes((dirs.inputs / "face.png").read_bytes())
+        assert post(first, "/generate", body(dirs, request_id="c", source_image=str(swapped))).text == "1"
+        outside = tmp_path / "outside.png"
+        outside.write_bytes(swapped.read_bytes())
+        swapped.unlink()
+        swapped.symlink_to(outside)
+
+        # kill -9 of the process group of the server whose worker renders job a: that worker has its own process
+        # group (BentoML's doing) and lives on, still renewing its lease.
+        orphan = int(job_a["worker"].split(":")[1])
+        killed, survivor = (first, second) if is_descendant(orphan, first.process.pid) else (second, first)
+        os.killpg(killed.process.pid, signal.SIGKILL)
+        killed.process.wait(10)
+        time.sleep(5)  # more than two lease periods: the surviving server looks at the queue meanwhile
+        status_a = post(survivor, "/status", {"request_id": "a"}).json()
+        orphan_lived = pid_alive(orphan)
+        if orphan_lived:
+            assert status_a["attempts"] == 1 and status_a["worker"] == job_a["worker"]  # not taken from it
+        done = [wait_state(survivor, key, {"completed", "failed"}, timeout=60) for key in ("a", "b", "c")]
+        assert [job["state"] for job in done[:2]] == ["completed", "completed"], done
+        names = renders(dirs)
+        assert names.count(Path(done[0]["output_path"]).name) == done[0]["attempts"] == (1 if orphan_lived else 2)
+        assert names.count(Path(done[1]["output_path"]).name) == 1 and done[1]["attempts"] == 1
+        # The swapped input failed its job as an input error; nothing outside the roots was read.
+        assert (done[2]["state"], done[2]["error_kind"]) == ("failed", "input"), done[2]
+        assert "outside the allowed input directories" in done[2]["error"]
+        assert Path(done[2]["output_path"]).name not in names
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                assert server.stop() == 0, server.output()
+        if orphan is not None and pid_alive(orphan):
+            os.kill(orphan, signal.SIGKILL)

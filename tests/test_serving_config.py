@@ -37,7 +37,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
             "SADTALKER_SHUTDOWN_GRACE": "2.5",
             "SADTALKER_MAX_AUDIO_SECONDS": "12",
             "SADTALKER_MAX_IMAGE_PIXELS": "1_000_000",
-            "SADTALKER_PIPELINE_FACTORY": "serving.fake_pipeline:create",
+            "SADTALKER_PIPELINE_FACTORY": "tests.fakes:create",
             "SADTALKER_OUTPUT_DIR": str(tmp_path / "out"),
         }
     )

@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 from test_serving_validation import make_config, write_png, write_wav
 
 from serving.config import ServingConfig
-from serving.fake_pipeline import FakePipeline
-from serving.jobs import NotAccepting, QueueFull, RequestConflict
+from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.metrics import JobMetrics
 from serving.runtime import Runtime, StartupError, one_line, preflight
 from serving.schema import GenerateRequest
-from serving.store import JobState
+from serving.store import JobState, StoreFull
 from serving.validation import RequestInvalid
+from tests.fakes import FakePipeline
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ def test_accepted_job_is_durable_before_submit_returns(config: ServingConfig) ->
     assert not submission.job.output_path.exists()
     # A fresh process (new connection) sees it: recorded before "1" would be returned.
     again = start(config)
-    status = again.jobs.status("r1")
-    assert status is not None and status.job_id == submission.job.id and status.queue_position == 1
+    status = again.jobs.status(request_id="r1")
+    assert status.job_id == submission.job.id and status.queue_position == 1
 
 
 def test_invalid_request_queues_nothing(config: ServingConfig) -> None:
@@ -123,7 +123,7 @@ def test_queue_full_is_exact_under_concurrency(config: ServingConfig) -> None:
         thread.join()
     assert outcomes.count("accepted") == 3 and outcomes.count("full") == 7
     # The running job does not count against the bound: one slot frees when the worker takes a job.
-    runtime.store.claim_next()
+    runtime.store.claim_next("w", 30.0)
     runtime.jobs.submit(req(config))
     with pytest.raises(QueueFull):
         runtime.jobs.submit(req(config))
@@ -169,13 +169,22 @@ def test_status_and_recent(config: ServingConfig) -> None:
     a = runtime.jobs.submit(req(config, request_id="a")).job
     b = runtime.jobs.submit(req(config)).job
     runtime.worker.process_one()
-    status = runtime.jobs.status("a")
-    assert status is not None and status.state == "completed" and status.progress == 100.0
+    status = runtime.jobs.status(request_id="a")
+    assert status.state == "completed" and status.progress == 100.0 and status.option == "crop"
     assert status.render_seconds is not None and status.queued_seconds is not None
-    by_job_id = runtime.jobs.status(b.id)
-    assert by_job_id is not None and by_job_id.state == "queued" and by_job_id.queue_position == 1
-    assert runtime.jobs.status("unknown") is None
+    by_job_id = runtime.jobs.status(job_id=b.id)
+    assert by_job_id.state == "queued" and by_job_id.queue_position == 1
+    with pytest.raises(JobNotFound, match="request_id"):
+        runtime.jobs.status(request_id="unknown")
+    with pytest.raises(JobNotFound, match="job_id"):
+        runtime.jobs.status(job_id="0" * 32)
+    # Separate namespaces: a job id is no request_id; a request_id equal to a job id never hides that job.
+    with pytest.raises(JobNotFound):
+        runtime.jobs.status(request_id=b.id)
     assert [s.job_id for s in runtime.jobs.recent(10)] == [b.id, a.id]
+    impostor = runtime.jobs.submit(req(config, request_id=b.id)).job
+    assert runtime.jobs.status(job_id=b.id).job_id == b.id
+    assert runtime.jobs.status(request_id=b.id).job_id == impostor.id
 
 
 def test_system_info(config: ServingConfig) -> None:
@@ -183,7 +192,7 @@ def test_system_info(config: ServingConfig) -> None:
     runtime.jobs.submit(req(config))
     info = runtime.system_info()
     assert info.device == "cpu" and info.gpu_name is None and info.models_loaded
-    assert info.pipeline == "serving.fake_pipeline.FakePipeline"
+    assert info.pipeline == "tests.fakes.FakePipeline"
     assert info.queue_depth == 1 and info.jobs_by_state["queued"] == 1 and info.max_queue == 3
 
 
@@ -237,7 +246,58 @@ def test_shutdown_counts_the_running_job_among_those_for_the_next_start(
     runtime = start(config)
     runtime.jobs.submit(req(config))
     runtime.jobs.submit(req(config))
-    runtime.store.claim_next()  # its render thread never stopped
+    runtime.store.claim_next("stuck", 30.0)  # its render thread never stopped
     with caplog.at_level(logging.INFO, logger="sadtalker.serving"):
         runtime.shutdown()
     assert "shutdown complete; 2 job(s) will run at the next start" in caplog.text
+
+
+# -- resubmission of failed jobs, full state disk -----------------------------------------------------------------
+
+
+def test_resubmitting_a_transiently_failed_request_id_queues_a_new_attempt(config: ServingConfig) -> None:
+    write_png(config.input_dirs[0] / "fail_face.png")
+    pipeline = FakePipeline(render_seconds=0.0)
+    runtime = start(config, pipeline=pipeline)
+    root = config.input_dirs[0]
+    first = runtime.jobs.submit(req(config, request_id="again", source_image=root / "fail_face.png")).job
+    assert runtime.worker.process_one().state is JobState.FAILED  # type: ignore[union-attr]
+    retried = runtime.jobs.submit(req(config, request_id="again", source_image=root / "fail_face.png"))
+    assert not retried.duplicate and retried.job.id == first.id and retried.job.state is JobState.QUEUED
+    assert runtime.jobs.status(request_id="again").error is None
+    runtime.worker.process_one()
+    assert len(pipeline.calls) == 2
+
+
+def test_resubmitting_a_permanently_failed_request_id_is_409_naming_the_failure(config: ServingConfig) -> None:
+    write_png(config.input_dirs[0] / "noface.png")
+    runtime = start(config)
+    root = config.input_dirs[0]
+    runtime.jobs.submit(req(config, request_id="faceless", source_image=root / "noface.png"))
+    runtime.worker.process_one()
+    with pytest.raises(RequestConflict, match="failed for good .*no_face: source_image: noface.png: no face"):
+        runtime.jobs.submit(req(config, request_id="faceless", source_image=root / "noface.png"))
+    assert runtime.store.count(JobState.QUEUED) == 0
+
+
+def test_full_state_disk_is_store_full_not_a_crash(config: ServingConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    runtime = start(config)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(runtime.store, "insert", full)
+    with pytest.raises(StoreFull, match="state disk is full or read-only"):
+        runtime.jobs.submit(req(config))
+
+
+def test_corrupt_database_fails_preflight_in_one_line(tmp_path: Path) -> None:
+    config = make_config(tmp_path, allow_cpu=True, pipeline_factory="tests.fakes:create")
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.database_path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StartupError) as info:
+        preflight(config, cuda_available=lambda: False)
+    message = str(info.value)
+    assert "\n" not in message and str(config.database_path) in message and "move" in message

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.naming import OUTPUT_NAME_PATTERN, allocate_output_path, output_name
+from serving.naming import OUTPUT_NAME_PATTERN, allocate_output_path, output_name, partial_files
 
 FIXED = datetime(2026, 1, 2, 3, 4, 5)
 
@@ -52,7 +52,29 @@ def test_partial_files_match_only_their_own_job(tmp_path: Path) -> None:
 
     mine = tmp_path / "20260102-030405_0a1b2c3d.mp4"
     other = tmp_path / "20260102-030405_99999999.mp4"
-    own_partial = tmp_path / ".20260102-030405_0a1b2c3d.5f5f5f5f.partial.mp4"
-    for path in (own_partial, other, tmp_path / ".20260102-030405_99999999.12345678.partial.mp4"):
+    own_partial = tmp_path / ".20260102-030405_0a1b2c3d.5f5f5f5f.partial"
+    for path in (own_partial, other, tmp_path / ".20260102-030405_99999999.12345678.partial"):
         path.write_bytes(b"")
     assert partial_files(mine) == [own_partial]
+
+
+def test_video_in_progress_never_looks_finished(tmp_path: Path) -> None:
+    """While the encoder writes, nothing in the output folder matches "*.mp4" (Path.glob matches dot-files too)."""
+    import time
+
+    import numpy as np
+
+    from sadtalker.video import VideoWriter
+
+    output = tmp_path / "20260102-030405_0a1b2c3d.mp4"
+    frames = np.zeros((50, 32, 32, 3), dtype=np.uint8)
+    with VideoWriter(output, num_frames=100, fps=25) as writer:
+        writer.write(frames)
+        deadline = time.monotonic() + 10
+        while not any(tmp_path.iterdir()) and time.monotonic() < deadline:  # ffmpeg creates the file once it starts
+            time.sleep(0.05)
+        in_progress = sorted(tmp_path.iterdir())
+        assert in_progress and list(tmp_path.glob("*.mp4")) == []  # the partial file exists, but not as *.mp4
+        assert partial_files(output) == in_progress
+        writer.write(frames)
+    assert [p.name for p in tmp_path.glob("*.mp4")] == [output.name] and partial_files(output) == []

@@ -1,4 +1,4 @@
-"""The SQLite job store: durability, ordering, recovery after a restart, request_id uniqueness."""
+"""The SQLite job store: durability, ordering, leases, recovery, request_id uniqueness, migrations."""
 
 from __future__ import annotations
 
@@ -7,78 +7,139 @@ from pathlib import Path
 
 import pytest
 
-from serving.store import DuplicateRequestId, JobState, JobStore, NewJob
+from serving.schema import JobRequest
+from serving.store import (
+    SCHEMA_VERSION,
+    DuplicateRequestId,
+    JobState,
+    JobStore,
+    StoreError,
+    check_database,
+)
+
+V1_FIXTURE = Path(__file__).parent / "data" / "store_v1.sql"
+LEASE = 30.0
 
 
-def new_job(tmp_path: Path, n: int, request_id: str | None = None, **extra: object) -> NewJob:
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request(tmp_path: Path, n: int, request_id: str | None = None, **extra: object) -> JobRequest:
     fields: dict = {
         "request_id": request_id,
-        "fingerprint": f"fp{n}",
-        "source_image": tmp_path / f"img{n}.png",
-        "driven_audio": tmp_path / f"a{n}.wav",
-        "option": "crop",
-        "output_path": tmp_path / "out" / f"v{n}.mp4",
+        "source_image": str(tmp_path / f"img{n}.png"),
+        "driven_audio": str(tmp_path / f"a{n}.wav"),
+        "preset": "crop",
     }
-    fields.update(extra)
-    return NewJob(**fields)
+    return JobRequest(**(fields | extra))
+
+
+def output(tmp_path: Path, n: int) -> Path:
+    return tmp_path / "out" / f"v{n}.mp4"
 
 
 def test_insert_is_durable_across_reopen(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     landmarks = tuple((float(i), float(i) + 0.5) for i in range(68))
-    job = store.insert(new_job(tmp_path, 1, "req-1", landmarks=landmarks, audio_seconds=2.8, option="full"))
+    first = request(tmp_path, 1, "req-1", landmarks=landmarks, audio_seconds=2.8, preset="full")
+    job = store.insert(first, output(tmp_path, 1))
     store.close()
     # Another connection (another process after a restart) sees the committed row.
     reopened = JobStore(tmp_path / "jobs.sqlite3")
     again = reopened.get(job.id)
     assert again == job
-    assert again is not None and again.state is JobState.QUEUED and again.landmarks == landmarks
-    assert reopened.find("req-1") == job and reopened.find(job.id) == job
+    assert again is not None and again.state is JobState.QUEUED and again.request.landmarks == landmarks
+    assert again.request.preset == "full" and again.request.audio_seconds == 2.8
+    assert reopened.get_by_request_id("req-1") == job
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_request_id_and_job_id_are_separate_namespaces(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    victim = store.insert(request(tmp_path, 1), output(tmp_path, 1))
+    # A client may choose a request_id equal to another job's id: it never shadows that job.
+    impostor = store.insert(request(tmp_path, 2, victim.id), output(tmp_path, 2))
+    assert store.get(victim.id) == victim and store.get_by_request_id(victim.id) == impostor
 
 
 def test_claim_order_and_lifecycle(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
-    ids = [store.insert(new_job(tmp_path, n)).id for n in range(3)]
+    ids = [store.insert(request(tmp_path, n), output(tmp_path, n)).id for n in range(3)]
     assert [store.queue_position(i) for i in ids] == [1, 2, 3]
-    first = store.claim_next()
+    first = store.claim_next("me", LEASE)
     assert first is not None and first.id == ids[0] and first.state is JobState.RUNNING and first.attempts == 1
+    assert first.owner == "me" and first.lease_expires_at is not None
     assert store.queue_position(ids[0]) is None and store.queue_position(ids[1]) == 1
-    store.set_progress(first.id, "render", 42.0)
+    store.set_progress(first.id, "me", "render", 42.0)
     assert (store.get(first.id).stage, store.get(first.id).progress) == ("render", 42.0)  # type: ignore[union-attr]
-    done = store.complete(first.id)
-    assert done.state is JobState.COMPLETED and done.progress == 100 and done.finished_at is not None
-    second = store.claim_next()
+    assert store.complete(first.id, "me")
+    done = store.get(first.id)
+    assert done is not None and done.state is JobState.COMPLETED and done.progress == 100 and done.owner is None
+    second = store.claim_next("me", LEASE)
     assert second is not None and second.id == ids[1]
-    failed = store.fail(second.id, "source_image: no face", "no_face")
-    assert (failed.state, failed.error, failed.error_kind) == (JobState.FAILED, "source_image: no face", "no_face")
+    assert store.fail(second.id, "me", "source_image: no face", "no_face")
+    failed = store.get(second.id)
+    assert failed is not None and (failed.state, failed.error, failed.error_kind) == (
+        JobState.FAILED, "source_image: no face", "no_face"
+    )
     assert store.counts() == {"queued": 1, "running": 0, "completed": 1, "failed": 1}
     assert [r.id for r in store.recent(10)] == [ids[2], ids[1], ids[0]]
     assert store.mean_job_seconds() is not None
 
 
-def test_restart_requeues_running_jobs_in_original_order(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
-    ids = [store.insert(new_job(tmp_path, n)).id for n in range(3)]
-    running = store.claim_next()
-    assert running is not None
-    store.close()  # the process dies mid-render
+def test_writes_of_a_worker_that_lost_its_job_are_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    store = JobStore(tmp_path / "jobs.sqlite3", clock=clock)
+    job = store.insert(request(tmp_path, 1), output(tmp_path, 1))
+    store.claim_next("old", LEASE)
+    clock.now += LEASE + 1  # "old" stopped renewing: its lease expired
+    assert store.recover(max_attempts=3).requeued == (job.id,)
+    assert store.claim_next("new", LEASE) is not None
+    # The old owner comes back: none of its writes land, the new owner's job is untouched.
+    assert not store.renew_lease(job.id, "old", LEASE)
+    store.set_progress(job.id, "old", "render", 99.0)
+    assert not store.complete(job.id, "old") and not store.fail(job.id, "old", "x", "internal")
+    assert not store.requeue(job.id, "old", "x")
+    record = store.get(job.id)
+    assert record is not None and record.state is JobState.RUNNING and record.owner == "new" and record.progress == 0
 
-    store = JobStore(tmp_path / "jobs.sqlite3")
+
+def test_recovery_requeues_only_expired_leases(tmp_path: Path) -> None:
+    clock = Clock()
+    store = JobStore(tmp_path / "jobs.sqlite3", clock=clock)
+    ids = [store.insert(request(tmp_path, n), output(tmp_path, n)).id for n in range(3)]
+    store.claim_next("alive", LEASE)
+    clock.now += LEASE / 2
+    # Another server starting now must leave the live job alone.
+    assert store.recover(max_attempts=3).requeued == ()
+    assert store.live_job_ids() == {ids[0]}
+    assert store.renew_lease(ids[0], "alive", LEASE)  # heartbeat
+    clock.now += LEASE - 1
+    assert store.recover(max_attempts=3).requeued == ()  # renewed: still not expired
+    clock.now += 2
     report = store.recover(max_attempts=3)
     assert report.requeued == (ids[0],) and report.abandoned == ()
     assert [job.id for job in store.queued()] == ids  # the interrupted job keeps its place at the front
     assert store.get(ids[0]).stage == "requeued after restart"  # type: ignore[union-attr]
-    assert store.claim_next().id == ids[0]  # type: ignore[union-attr]
+    assert store.live_job_ids() == set()
 
 
 def test_job_that_keeps_killing_the_process_is_failed(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
-    job = store.insert(new_job(tmp_path, 1))
-    store.claim_next()  # attempt 1 ... process killed
+    clock = Clock()
+    store = JobStore(tmp_path / "jobs.sqlite3", clock=clock)
+    job = store.insert(request(tmp_path, 1), output(tmp_path, 1))
+    store.claim_next("a", LEASE)  # attempt 1 ... process killed
+    clock.now += LEASE + 1
     assert store.recover(max_attempts=2).requeued == (job.id,)
-    store.claim_next()  # attempt 2 ... killed again
+    store.claim_next("b", LEASE)  # attempt 2 ... killed again
+    clock.now += LEASE + 1
     report = store.recover(max_attempts=2)
     assert report.abandoned == (job.id,) and report.requeued == ()
     record = store.get(job.id)
@@ -88,27 +149,144 @@ def test_job_that_keeps_killing_the_process_is_failed(tmp_path: Path) -> None:
 
 def test_graceful_requeue_does_not_count_as_an_attempt(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
-    job = store.insert(new_job(tmp_path, 1))
-    store.claim_next()
-    requeued = store.requeue(job.id, "interrupted by shutdown")
-    assert requeued.state is JobState.QUEUED and requeued.attempts == 0 and requeued.started_at is None
+    job = store.insert(request(tmp_path, 1), output(tmp_path, 1))
+    store.claim_next("me", LEASE)
+    assert store.requeue(job.id, "me", "interrupted by shutdown")
+    requeued = store.get(job.id)
+    assert requeued is not None and requeued.state is JobState.QUEUED and requeued.attempts == 0
+    assert requeued.started_at is None and requeued.owner is None
+
+
+def test_retry_requeues_only_failed_jobs(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.insert(request(tmp_path, 1, "r"), output(tmp_path, 1))
+    assert store.retry(job.id) is None  # queued: nothing to retry
+    store.claim_next("me", LEASE)
+    store.fail(job.id, "me", "OutOfMemoryError: CUDA", "out_of_memory")
+    again = store.retry(job.id)
+    assert again is not None and again.state is JobState.QUEUED and again.error is None and again.attempts == 0
+
+
+def test_claim_moves_the_output_into_the_current_output_dir(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.insert(request(tmp_path, 1), tmp_path / "old-out" / "20260101-000000_00000001.mp4")
+    claimed = store.claim_next("me", LEASE, tmp_path / "new-out")
+    assert claimed is not None and claimed.output_path == tmp_path / "new-out" / "20260101-000000_00000001.mp4"
+    assert store.get(job.id).output_path == claimed.output_path  # type: ignore[union-attr]
 
 
 def test_request_id_is_unique(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
-    store.insert(new_job(tmp_path, 1, "same"))
+    store.insert(request(tmp_path, 1, "same"), output(tmp_path, 1))
     with pytest.raises(DuplicateRequestId):
-        store.insert(new_job(tmp_path, 2, "same"))
+        store.insert(request(tmp_path, 2, "same"), output(tmp_path, 2))
     # Jobs without a request_id never collide with each other.
-    store.insert(new_job(tmp_path, 3))
-    store.insert(new_job(tmp_path, 4))
+    store.insert(request(tmp_path, 3), output(tmp_path, 3))
+    store.insert(request(tmp_path, 4), output(tmp_path, 4))
     assert store.count(JobState.QUEUED) == 3
 
 
 def test_output_path_is_reserved(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
-    job = store.insert(new_job(tmp_path, 1))
+    job = store.insert(request(tmp_path, 1), output(tmp_path, 1))
     assert store.is_output_reserved(job.output_path)
     assert not store.is_output_reserved(tmp_path / "other.mp4")
     with pytest.raises(sqlite3.IntegrityError):
-        store.insert(new_job(tmp_path, 2, output_path=job.output_path))
+        store.insert(request(tmp_path, 2), job.output_path)
+
+
+# -- migrations ------------------------------------------------------------------------------------------------
+
+
+def v1_database(path: Path) -> Path:
+    """A database exactly as version 1 of the store wrote it (dumped from that code: tests/data/store_v1.sql)."""
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_FIXTURE.read_text())
+    return path
+
+
+def test_v1_database_is_migrated_with_its_jobs_intact(tmp_path: Path) -> None:
+    path = v1_database(tmp_path / "jobs.sqlite3")
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        v1_rows = {row[0]: row for row in raw.execute("SELECT id, request_id, state, output_path FROM jobs")}
+    store = JobStore(path)
+    assert store.version == SCHEMA_VERSION
+    assert {job.id: (job.id, job.request_id, job.state.value, str(job.output_path)) for job in store.recent(50)} == (
+        v1_rows
+    )
+    queued = store.queued()
+    assert [job.request_id for job in queued] == ["queued-1", None]
+    first = queued[0].request
+    assert (first.source_image, first.driven_audio) == ("/data/inputs/face4.png", "/data/inputs/speech4.wav")
+    assert first.preset == "full"
+    assert first.landmarks is not None and len(first.landmarks) == 68 and first.landmarks[3] == (3.0, 3.5)
+    assert first.audio_seconds == 2.0 and queued[1].request.landmarks is None
+    failed = store.get_by_request_id("failed-1")
+    assert failed is not None and (failed.error_kind, failed.request.preset) == ("no_face", "full")
+    # A job v1 left running has no lease: recovery takes it back at once, as v1's restart did.
+    running = store.get_by_request_id("running-1")
+    assert running is not None and running.state is JobState.RUNNING
+    assert store.recover(max_attempts=3).requeued == (running.id,)
+    # The migrated queue renders in its original order.
+    assert [store.claim_next("me", LEASE).request_id for _ in range(3)] == ["running-1", "queued-1", None]  # type: ignore[union-attr]
+    store.close()
+    assert JobStore(path).version == SCHEMA_VERSION  # reopening runs nothing again
+
+
+def test_every_migration_starts_from_the_previous_layout(tmp_path: Path) -> None:
+    # An empty file goes through every migration in order and ends at the same layout as a migrated v1 file.
+    def layout(path: Path) -> list[tuple[str, str]]:
+        with sqlite3.connect(path) as raw:
+            return sorted(raw.execute("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+
+    JobStore(tmp_path / "fresh.sqlite3").close()
+    JobStore(v1_database(tmp_path / "old.sqlite3")).close()
+    assert layout(tmp_path / "fresh.sqlite3") == layout(tmp_path / "old.sqlite3")
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    JobStore(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer"):
+        check_database(path)
+
+
+def test_corrupt_database_is_reported_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    path.write_bytes(b"\x13\x37 not a database" * 512)
+    with pytest.raises(StoreError) as info:
+        check_database(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "move" in message and "jobs are lost" in message
+    check_database(tmp_path / "absent.sqlite3")  # a new deployment: nothing to check
+
+
+def test_one_request_type_end_to_end_through_the_store(tmp_path: Path) -> None:
+    """Adding an optional request field touches the request type and the pipeline only (not store/worker)."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.metrics import JobMetrics
+    from serving.worker import RenderWorker
+    from tests.fakes import FakePipeline
+
+    class WithMood(JobRequest):  # a throwaway optional field, as the next feature would add one
+        mood: str | None = None
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "img1.png").write_bytes(b"image")
+    (inputs / "a1.wav").write_bytes(b"audio")
+    store = JobStore(tmp_path / "state" / "jobs.sqlite3", request_type=WithMood)
+    pipeline = FakePipeline(render_seconds=0.0, ticks=2)
+    (tmp_path / "out").mkdir()
+    worker = RenderWorker(
+        pipeline, store, JobMetrics.create(CollectorRegistry()), temp_root=tmp_path / "state" / "tmp",
+        input_roots=[inputs],
+    )
+    store.insert(WithMood(**request(inputs, 1).model_dump(), mood="cheerful"), output(tmp_path, 1))
+    done = worker.process_one()
+    assert done is not None and done.state is JobState.COMPLETED and done.request.mood == "cheerful"  # type: ignore[attr-defined]
+    assert pipeline.calls[0]["mood"] == "cheerful" and pipeline.calls[0]["preset"] == "crop"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import wave
 from pathlib import Path
@@ -103,15 +104,50 @@ def test_schema_accepts_68_landmarks() -> None:
     assert req.landmarks is not None and len(req.landmarks) == 68
 
 
+def test_landmarks_must_be_numbers_not_strings() -> None:
+    from pydantic import ValidationError
+
+    from serving.schema import GenerateRequest
+
+    body = {"source_image": "/a.png", "driven_audio": "/b.wav", "option": "crop"}
+    assert GenerateRequest.model_validate_json(json.dumps(body | {"landmarks": [[1, 2]] * 68})).landmarks is not None
+    with pytest.raises(ValidationError, match="landmarks"):
+        GenerateRequest.model_validate_json(json.dumps(body | {"landmarks": [["1", "2"]] * 68}))
+    with pytest.raises(ValidationError, match="landmarks"):
+        GenerateRequest.model_validate(body | {"landmarks": [["1", "2"]] * 68})
+
+
+def test_fingerprint_is_stable_for_stored_jobs_and_new_optional_fields() -> None:
+    """Version 1 stored sha256 of these four keys; jobs from then must still match their resubmissions."""
+    import hashlib
+
+    from serving.schema import JobRequest
+
+    job = JobRequest(source_image="/i/a.png", driven_audio="/i/b.wav", preset="full", request_id="r")
+    v1 = json.dumps(
+        {"source_image": "/i/a.png", "driven_audio": "/i/b.wav", "option": "full", "landmarks": None},
+        sort_keys=True, separators=(",", ":"),
+    )
+    assert job.fingerprint() == hashlib.sha256(v1.encode()).hexdigest()
+
+    class Later(JobRequest):
+        mood: str | None = None
+
+    assert Later(**job.model_dump()).fingerprint() == job.fingerprint()
+    assert Later(**job.model_dump(), mood="calm").fingerprint() != job.fingerprint()
+
+
 # -- files ---------------------------------------------------------------------------------------------------
 
 
 def test_valid_request_is_resolved(config: ServingConfig, files: dict[str, Path]) -> None:
     checked = RequestValidator(config).validate(request(files["image"], str(files["audio"]), request_id="r1"))
-    assert checked.source_image == files["image"].resolve() and checked.driven_audio == files["audio"].resolve()
-    assert checked.image_size == (48, 64)
+    assert checked.source_image == str(files["image"].resolve())
+    assert checked.driven_audio == str(files["audio"].resolve())
+    assert checked.request_id == "r1" and checked.preset == "crop"
     assert checked.audio_seconds == pytest.approx(1.0)
-    assert checked.fingerprint == fingerprint_of(request(files["image"], files["audio"]))
+    # The raw request's fingerprint (used before validation) is the validated one's; request_id is not part of it.
+    assert checked.fingerprint() == fingerprint_of(request(files["image"], files["audio"]))
 
 
 def test_missing_file(config: ServingConfig, files: dict[str, Path]) -> None:
@@ -190,7 +226,7 @@ def test_symlink_inside_roots_is_fine(config: ServingConfig, files: dict[str, Pa
     link = config.input_dirs[0] / "alias.png"
     link.symlink_to(files["image"])
     checked = RequestValidator(config).validate(request(link, files["audio"]))
-    assert checked.source_image == files["image"].resolve()
+    assert checked.source_image == str(files["image"].resolve())
 
 
 def test_file_too_big(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -9,11 +10,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sadtalker.errors import NoFaceError
-from serving.fake_pipeline import FakePipeline
 from serving.metrics import JobMetrics
-from serving.store import JobState, JobStore, NewJob
+from serving.schema import JobRequest
+from serving.store import JobState, JobStore
 from serving.worker import RenderWorker
+from tests.fakes import FakeNoFaceError, FakePipeline
 
 
 class Harness:
@@ -25,23 +26,31 @@ class Harness:
         self.metrics = JobMetrics.create(self.registry)
         self.store = JobStore(tmp_path / "state" / "jobs.sqlite3")
         self.temp_root = tmp_path / "state" / "tmp"
+        self.inputs = tmp_path / "inputs"
+        self.inputs.mkdir()
+        (self.inputs / "speech.wav").write_bytes(b"audio bytes")
         self.pipeline = pipeline
-        self.worker = RenderWorker(pipeline, self.store, self.metrics, temp_root=self.temp_root)
+        self.worker = self.make_worker(pipeline)
         self._n = 0
 
-    def submit(self, name: str = "face.png", option: str = "crop", seconds: float = 2.0, **extra: object) -> str:
+    def make_worker(self, pipeline: FakePipeline, **options: object) -> RenderWorker:
+        return RenderWorker(
+            pipeline, self.store, self.metrics, temp_root=self.temp_root, input_roots=[self.inputs], **options  # type: ignore[arg-type]
+        )
+
+    def submit(self, name: str = "face.png", preset: str = "crop", seconds: float = 2.0, **extra: object) -> str:
         self._n += 1
-        job = NewJob(
-            request_id=None,
-            fingerprint=str(self._n),
-            source_image=self.tmp / name,
-            driven_audio=self.tmp / "speech.wav",
-            option=option,
-            output_path=self.out / f"video{self._n}.mp4",
+        image = self.inputs / name
+        if not image.exists():
+            image.write_bytes(f"image {name}".encode())
+        job = JobRequest(
+            source_image=str(image),
+            driven_audio=str(self.inputs / "speech.wav"),
+            preset=preset,  # type: ignore[arg-type]
             audio_seconds=seconds,
             **extra,  # type: ignore[arg-type]
         )
-        return self.store.insert(job).id
+        return self.store.insert(job, self.out / f"video{self._n}.mp4").id
 
     def value(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -53,7 +62,7 @@ def harness(tmp_path: Path) -> Harness:
 
 
 def test_jobs_render_in_submission_order(harness: Harness) -> None:
-    ids = [harness.submit(option=option) for option in ("crop", "full", "crop")]
+    ids = [harness.submit(preset=preset) for preset in ("crop", "full", "crop")]
     finished = [harness.worker.process_one() for _ in ids]
     assert [job.id for job in finished if job] == ids
     assert [call["output_path"].name for call in harness.pipeline.calls] == ["video1.mp4", "video2.mp4", "video3.mp4"]
@@ -75,7 +84,7 @@ def test_progress_and_stage_are_recorded(harness: Harness) -> None:
     harness.pipeline.on_tick = snapshot
     harness.worker.process_one()
     # Each snapshot is taken just before the pipeline's next report: it shows the previous one.
-    assert seen == [("starting", 0.0), ("preprocess", 0.0), ("audio2coeff", 25.0), ("render", 50.0)]
+    assert seen == [("starting", 0.0), ("inputs", 0.0), ("face", 25.0), ("motion", 50.0)]
     assert harness.store.get(job_id).progress == 100.0  # type: ignore[union-attr]
 
 
@@ -85,21 +94,35 @@ def test_failure_is_recorded_and_next_job_still_runs(harness: Harness, caplog: p
     failed = harness.worker.process_one()
     assert failed is not None and failed.id == bad
     assert failed.state is JobState.FAILED and failed.error_kind == "render"
-    assert failed.error is not None and "RenderError: fake failure" in failed.error
+    assert failed.error is not None and "FakeRenderError: fake failure" in failed.error
     # The cause goes to the log with its traceback.
     record = next(r for r in caplog.records if r.levelname == "ERROR")
-    assert record.exc_info is not None and "failed (render): RenderError: fake failure" in record.getMessage()
+    message = record.getMessage()
+    assert message.startswith("failed (render): FakeRenderError: fake failure") and "Traceback" in message
+    assert "in generate" in message  # the frames of the traceback
     completed = harness.worker.process_one()
     assert completed is not None and completed.id == good and completed.state is JobState.COMPLETED
     assert not (harness.out / "video1.mp4").exists() and (harness.out / "video2.mp4").is_file()
 
 
+def test_failure_log_escapes_user_strings(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    class Quoting(FakePipeline):  # an error message that quotes the input path as is
+        def generate(self, source_image: object, *args: object, **kwargs: object) -> Path:
+            raise RuntimeError(f"cannot decode {Path(str(source_image)).name}")
+
+    harness.worker = harness.make_worker(Quoting())
+    harness.submit(name="evil\n2026-01-01 [ERROR] forged.png")
+    harness.worker.process_one()
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "forged" in text and not any(line.startswith("2026-01-01") for line in text.splitlines())
+
+
 def test_input_errors_name_the_field(harness: Harness) -> None:
     class NoFace(FakePipeline):
         def generate(self, *args: object, **kwargs: object) -> Path:
-            raise NoFaceError("face.png: no face found in the image")
+            raise FakeNoFaceError("face.png: no face found in the image")
 
-    harness.worker = RenderWorker(NoFace(), harness.store, harness.metrics, temp_root=harness.temp_root)
+    harness.worker = harness.make_worker(NoFace())
     harness.submit()
     job = harness.worker.process_one()
     assert job is not None and job.state is JobState.FAILED
@@ -114,6 +137,9 @@ def test_temp_dir_is_removed_after_success_and_failure(harness: Harness) -> None
     harness.worker.process_one()
     temp_dirs = [call["temp_dir"] for call in harness.pipeline.calls]
     assert all(d is not None and d.parent == harness.temp_root for d in temp_dirs)
+    # The pipeline reads snapshots of the inputs inside the job's temp dir, with the client's bytes.
+    assert all(call["source_image"].is_relative_to(call["temp_dir"]) for call in harness.pipeline.calls)
+    assert harness.pipeline.calls[0]["inputs"] == (b"image face.png", b"audio bytes")
     assert len(set(temp_dirs)) == 2
     assert not any(d.exists() for d in temp_dirs)
     assert list(harness.temp_root.iterdir()) == []
@@ -130,23 +156,25 @@ def test_pipeline_that_writes_nothing_fails_the_job(harness: Harness) -> None:
         def generate(self, *args: object, **kwargs: object) -> Path:
             return Path("/nowhere.mp4")
 
-    harness.worker = RenderWorker(Lazy(), harness.store, harness.metrics, temp_root=harness.temp_root)
+    harness.worker = harness.make_worker(Lazy())
     harness.submit()
     job = harness.worker.process_one()
     assert job is not None and job.state is JobState.FAILED and "does not exist" in (job.error or "")
 
 
-def test_landmarks_reach_the_pipeline_as_array(harness: Harness) -> None:
+def test_request_fields_reach_the_pipeline_as_stored(harness: Harness) -> None:
     points = tuple((float(i), float(2 * i)) for i in range(68))
-    harness.submit(landmarks=points)
+    harness.submit(landmarks=points, preset="full")
     harness.worker.process_one()
-    landmarks = harness.pipeline.calls[0]["landmarks"]
-    assert landmarks.shape == (68, 2) and landmarks.dtype.name == "float32" and landmarks[3].tolist() == [3.0, 6.0]
+    call = harness.pipeline.calls[0]
+    # The pipeline converts landmarks itself (np.asarray); the worker passes the request's fields unchanged.
+    assert call["landmarks"] == points and call["preset"] == "full"
+    assert "request_id" not in call and "audio_seconds" not in call  # service bookkeeping stays in the service
 
 
 def test_metrics_move(harness: Harness) -> None:
     harness.submit(seconds=2.0)
-    harness.submit(option="full", seconds=1.0)
+    harness.submit(preset="full", seconds=1.0)
     harness.submit(name="fail.png")
     harness.worker.update_queue_gauge()
     assert harness.value("sadtalker_queue_depth") == 3
@@ -160,7 +188,7 @@ def test_metrics_move(harness: Harness) -> None:
     assert harness.value("sadtalker_frames_rendered_total", preset="full") == 25
     assert harness.value("sadtalker_job_seconds_count", preset="crop", outcome="completed") == 1
     assert harness.value("sadtalker_job_seconds_bucket", preset="crop", outcome="completed", le="3600.0") == 1
-    assert harness.value("sadtalker_stage_seconds_count", stage="render") == 3
+    assert harness.value("sadtalker_stage_seconds_count", stage="render") == 2  # the failed job stopped before it
 
 
 def test_thread_renders_in_background_and_stops(harness: Harness) -> None:
@@ -208,7 +236,7 @@ def test_shutdown_past_grace_interrupts_and_requeues(harness: Harness) -> None:
 def test_recover_cleans_stale_temp_dirs_and_requeues(tmp_path: Path) -> None:
     first = Harness(tmp_path, FakePipeline(render_seconds=0.0))
     job_id = first.submit()
-    first.store.claim_next()  # "running" when the process was killed
+    first.store.claim_next("killed-worker", 0.0)  # "running" when the process was killed; lease long expired
     stale = first.temp_root / job_id
     (stale / "frames").mkdir(parents=True)
     first.store.close()
@@ -216,12 +244,123 @@ def test_recover_cleans_stale_temp_dirs_and_requeues(tmp_path: Path) -> None:
     # The next process: same state dir, new store connection, new worker.
     store = JobStore(tmp_path / "state" / "jobs.sqlite3")
     metrics = JobMetrics.create(CollectorRegistry())
-    worker = RenderWorker(FakePipeline(render_seconds=0.0), store, metrics, temp_root=first.temp_root)
+    worker = RenderWorker(
+        FakePipeline(render_seconds=0.0), store, metrics, temp_root=first.temp_root, input_roots=[first.inputs]
+    )
     report = worker.recover()
     assert report.requeued == (job_id,)
     assert not stale.exists()
     done = worker.process_one()
     assert done is not None and done.id == job_id and done.state is JobState.COMPLETED and done.attempts == 2
+
+
+def test_second_worker_leaves_a_live_job_and_its_files_alone(harness: Harness) -> None:
+    """Two workers on one state dir (a second server, or an orphan): never two renders, never each other's files."""
+    harness.pipeline.render_seconds = 1.5
+    harness.pipeline.ticks = 15
+    started = threading.Event()
+    harness.pipeline.on_tick = lambda tick: started.set()
+    busy = harness.submit()
+    first = harness.make_worker(harness.pipeline, lease_seconds=0.6)  # heartbeat every 0.2 s
+    thread = threading.Thread(target=first.process_one)
+    thread.start()
+    assert started.wait(5)
+    second_pipeline = FakePipeline(render_seconds=0.0)
+    second = harness.make_worker(second_pipeline, lease_seconds=0.6)
+    time.sleep(1.0)  # longer than the lease: only the heartbeat keeps it
+    report = second.recover()
+    assert report.requeued == () and (harness.temp_root / busy).is_dir()  # the live job's temp dir survives
+    assert second.process_one() is None  # nothing to claim: the job is leased
+    thread.join(10)
+    record = harness.store.get(busy)
+    assert record is not None and record.state is JobState.COMPLETED and record.attempts == 1
+    assert len(harness.pipeline.calls) == 1 and second_pipeline.calls == []
+
+
+def test_input_swapped_for_a_symlink_after_acceptance_fails_the_job(harness: Harness, tmp_path: Path) -> None:
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not yours")
+    job_id = harness.submit(name="face.png")
+    (harness.inputs / "face.png").unlink()
+    (harness.inputs / "face.png").symlink_to(secret)  # swapped after "1" was answered
+    job = harness.worker.process_one()
+    assert job is not None and job.id == job_id and job.state is JobState.FAILED and job.error_kind == "input"
+    assert job.error is not None and job.error.startswith("source_image: ") and "outside the allowed" in job.error
+    assert harness.pipeline.calls == []  # nothing outside the roots was handed to the pipeline
+
+
+class FlakyStore(JobStore):
+    """A real store whose writes fail like a full disk while `full` is set."""
+
+    full = False
+    fail_writes: frozenset[str] = frozenset({"set_progress", "complete", "fail", "requeue", "renew_lease"})
+
+    def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
+        attribute = super().__getattribute__(name)
+        if name in type(self).fail_writes and super().__getattribute__("full"):
+            def refuse(*args: object, **kwargs: object) -> object:
+                raise sqlite3.OperationalError("database or disk is full")
+            return refuse
+        return attribute
+
+
+def test_store_full_during_render_never_strands_the_job(harness: Harness, tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "flaky.sqlite3")
+    harness.store = store
+    worker = harness.make_worker(harness.pipeline, terminal_write_seconds=1.0, lease_seconds=1.0)
+    job_id = harness.submit()
+    harness.pipeline.on_tick = lambda tick: setattr(store, "full", tick >= 1)  # the disk fills mid-render
+    worker.process_one()
+    output = harness.out / "video1.mp4"
+    record = store.get(job_id)
+    # The render finished and its video stays; the final write could not be made, so the job is still running
+    # under a lease nobody renews ...
+    assert output.is_file() and record is not None and record.state is JobState.RUNNING
+    store.full = False  # space is freed
+    time.sleep(1.1)
+    # ... and once the lease expires, the next look at the queue takes it back and renders it again.
+    harness.pipeline.on_tick = None
+    again = worker.process_one()
+    assert again is not None and again.id == job_id and again.state is JobState.COMPLETED and again.attempts == 2
+    assert output.is_file()
+
+
+def test_failed_final_write_is_retried_until_it_lands(harness: Harness, tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "flaky.sqlite3")
+    harness.store = store
+    worker = harness.make_worker(harness.pipeline, terminal_write_seconds=5.0)
+    job_id = harness.submit()
+    harness.pipeline.on_tick = lambda tick: setattr(store, "full", True)
+    threading.Timer(0.5, lambda: setattr(store, "full", False)).start()  # the disk recovers during the retries
+    worker.process_one()
+    record = store.get(job_id)
+    assert record is not None and record.state is JobState.COMPLETED and (harness.out / "video1.mp4").is_file()
+
+
+def test_shutdown_requeues_a_render_that_never_checks_in(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline that checks in less often than the abort wait: the restart still is no crash attempt."""
+    import serving.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "ABORT_WAIT_SECONDS", 0.3)
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck(tick: int) -> None:
+        started.set()
+        release.wait(10)  # one long batch without a progress callback
+
+    harness.pipeline.on_tick = stuck
+    job_id = harness.submit()
+    harness.worker.start()
+    assert started.wait(5)
+    assert not harness.worker.stop(grace=0.1)  # the thread is still inside the batch ...
+    record = harness.store.get(job_id)
+    assert record is not None and record.state is JobState.QUEUED and record.attempts == 0  # ... but the job is back
+    release.set()
+    time.sleep(0.5)
+    record = harness.store.get(job_id)
+    assert record is not None and record.state is JobState.QUEUED  # the late render's writes were refused
 
 
 def test_job_id_on_every_log_line_of_a_job() -> None:
@@ -256,9 +395,9 @@ def test_progress_writes_are_throttled_but_not_lost(harness: Harness) -> None:
     from serving.worker import _ProgressTracker
 
     job_id = harness.submit()
-    harness.store.claim_next()
+    harness.store.claim_next("me", 30.0)
     now = [0.0]
-    tracker = _ProgressTracker(harness.store, harness.metrics, job_id, threading.Event(), clock=lambda: now[0])
+    tracker = _ProgressTracker(harness.store, harness.metrics, job_id, "me", threading.Event(), clock=lambda: now[0])
     tracker("render", 0.0)
     for step in range(1, 41):  # 0.5 % every 0.1 s: small steps must still add up
         now[0] += 0.1
@@ -266,11 +405,23 @@ def test_progress_writes_are_throttled_but_not_lost(harness: Harness) -> None:
     record = harness.store.get(job_id)
     # Written at most once per second: the record lags by at most one second of progress (5 % here).
     assert record is not None and record.stage == "render" and 15.0 <= record.progress <= 20.0
-    tracker("encode", 2.0)  # stage change: written at once; > 1 is read as percent
-    assert harness.store.get(job_id).progress == 2.0  # type: ignore[union-attr]
+    tracker("encode", 2.0)  # stage change: written at once; the fraction is clamped to the whole job
+    assert harness.store.get(job_id).progress == 100.0  # type: ignore[union-attr]
     tracker.finish()
     assert harness.value("sadtalker_stage_seconds_count", stage="render") == 1
     assert harness.value("sadtalker_stage_seconds_sum", stage="render") == pytest.approx(4.0)
+
+
+def test_failed_progress_write_is_skipped(harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from serving.worker import _ProgressTracker
+
+    store = FlakyStore(tmp_path / "flaky.sqlite3")
+    job = store.insert(JobRequest(source_image="/i.png", driven_audio="/a.wav", preset="crop"), tmp_path / "v.mp4")
+    store.claim_next("me", 30.0)
+    store.full = True
+    tracker = _ProgressTracker(store, harness.metrics, job.id, "me", threading.Event())
+    tracker("render", 0.5)  # does not raise
+    assert "progress write skipped" in caplog.text
 
 
 def test_failed_render_leaves_no_file_at_the_output_path(harness: Harness) -> None:
@@ -279,7 +430,7 @@ def test_failed_render_leaves_no_file_at_the_output_path(harness: Harness) -> No
             Path(str(output_path)).write_bytes(b"half a video")
             raise RuntimeError("encoder crashed after writing")
 
-    harness.worker = RenderWorker(WritesThenFails(), harness.store, harness.metrics, temp_root=harness.temp_root)
+    harness.worker = harness.make_worker(WritesThenFails())
     harness.submit()
     job = harness.worker.process_one()
     assert job is not None and job.state is JobState.FAILED and job.error_kind == "internal"
@@ -288,10 +439,10 @@ def test_failed_render_leaves_no_file_at_the_output_path(harness: Harness) -> No
 
 def test_recover_removes_partial_outputs_of_interrupted_jobs(harness: Harness) -> None:
     interrupted = harness.submit()
-    harness.store.claim_next()  # killed mid-encode: its partial mp4 is left in the output dir
+    harness.store.claim_next("killed", 0.0)  # killed mid-encode: its partial file is left in the output dir
     record = harness.store.get(interrupted)
     assert record is not None
-    partial = record.output_path.with_name(f".{record.output_path.stem}.deadbeef.partial.mp4")
+    partial = record.output_path.with_name(f".{record.output_path.stem}.deadbeef.partial")
     partial.write_bytes(b"truncated")
     unrelated = harness.out / "someone_elses.mp4"
     unrelated.write_bytes(b"keep me")

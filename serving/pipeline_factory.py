@@ -1,8 +1,9 @@
 """The interface the worker drives, and how the service builds the implementation.
 
 Production always uses `sadtalker.pipeline.SadTalker`. `SADTALKER_PIPELINE_FACTORY=module:callable`
-(DEV/TEST ONLY) swaps in another implementation, e.g. `serving.fake_pipeline:create`, so the HTTP
-contract can be tested end to end without minutes of CPU rendering.
+(DEV/TEST ONLY) swaps in another implementation, e.g. the tests' `tests.fakes:create` (importable when the
+server runs from the repository root; it is not in the Bento), so the HTTP contract can be tested end to end
+without minutes of CPU rendering.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ class Pipeline(Protocol):
         driven_audio: str | Path,
         output_path: str | Path,
         *,
-        preset: Any = None,
-        options: Any = None,
-        landmarks: Any = None,
         progress: ProgressCallback | None = None,
         temp_dir: Path | None = None,
+        **request: Any,
     ) -> Path:
-        """Render; write ``output_path`` atomically; report ``progress(stage, fraction 0..1)``."""
+        """Render; write ``output_path`` atomically; report ``progress(stage, fraction 0..1)``.
+
+        ``request``: every other field of `serving.schema.JobRequest` (``preset``, ``landmarks``, ...) by name.
+        """
         ...
 
 
