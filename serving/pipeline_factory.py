@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from sadtalker.contracts import ProgressCallback
 from serving.config import DEFAULT_PIPELINE_FACTORY, ServingConfig
-
-ProgressCallback = Callable[[str, float], None]
 
 
 class Pipeline(Protocol):

@@ -15,8 +15,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-Preset = Literal["full", "crop"]
-N_LANDMARKS = 68
+from sadtalker.contracts import LANDMARK_COUNT
+from sadtalker.options import Preset
 
 
 def _fspath(value: Any) -> Any:
@@ -43,7 +43,7 @@ RequestId = Annotated[
 # Strict: JSON numbers only (a string "1" is refused); integers are taken as floats.
 Coordinate = Annotated[float, Field(strict=True)]
 Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
-Landmarks = Annotated[list[Point], Field(min_length=N_LANDMARKS, max_length=N_LANDMARKS)]
+Landmarks = Annotated[list[Point], Field(min_length=LANDMARK_COUNT, max_length=LANDMARK_COUNT)]
 
 
 class GenerateRequest(BaseModel):

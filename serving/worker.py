@@ -37,10 +37,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
+from sadtalker.contracts import FPS
 from sadtalker.errors import InputError
-from serving.config import FPS
 from serving.joblog import job_context
 from serving.metrics import JobMetrics
 from serving.naming import partial_files
@@ -120,9 +120,7 @@ def retry_with_backoff(
 
 
 class InputChanged(InputError):
-    """An input file changed after acceptance so that it can no longer be used (a permanent failure)."""
-
-    kind: ClassVar[str] = "input"
+    """An input file changed after acceptance so that it can no longer be used (a permanent failure, kind "input")."""
 
 
 def snapshot_input(field: str, path: Path, roots: Sequence[Path], into: Path) -> Path:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from sadtalker.errors import NoFaceError, RenderError
 
@@ -32,14 +32,6 @@ from sadtalker.errors import NoFaceError, RenderError
 FAKE_MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64
 # The real pipeline's stages, in order (sadtalker/pipeline.py STAGES), without importing torch here.
 STAGES = ("inputs", "face", "motion", "render")
-
-
-class FakeRenderError(RenderError):
-    kind: ClassVar[str] = "render"  # explicit, so the worker's kind mapping is tested independently of errors.py
-
-
-class FakeNoFaceError(NoFaceError):
-    kind: ClassVar[str] = "no_face"
 
 
 @dataclass
@@ -92,9 +84,9 @@ class FakePipeline:
             time.sleep(self.render_seconds / self.ticks)
             if tick == self.ticks // 2:
                 if "noface" in name:
-                    raise FakeNoFaceError(f"{name}: no face found in the image")
+                    raise NoFaceError(f"{name}: no face found in the image")
                 if "fail" in name:
-                    raise FakeRenderError(f"fake failure requested by the file name {name!r}")
+                    raise RenderError(f"fake failure requested by the file name {name!r}")
         # Like sadtalker.video.VideoWriter: a hidden partial name that does not end in .mp4, then an atomic rename.
         partial = output_path.with_name(f".{output_path.stem}.{secrets.token_hex(4)}.partial")
         partial.write_bytes(FAKE_MP4)

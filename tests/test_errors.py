@@ -18,7 +18,8 @@ def _all_subclasses(cls: type) -> list[type]:
 
 
 def test_each_error_class_has_its_own_distinct_documented_kind() -> None:
-    classes = [SadTalkerError, *_all_subclasses(SadTalkerError)]
+    # The library's own classes (the service subclasses some to add context, keeping their parent's kind).
+    classes = [c for c in [SadTalkerError, *_all_subclasses(SadTalkerError)] if c.__module__.startswith("sadtalker")]
     assert len(classes) >= 12
     kinds = {}
     for cls in classes:

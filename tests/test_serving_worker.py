@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sadtalker.errors import NoFaceError
 from serving.metrics import JobMetrics
 from serving.schema import JobRequest
 from serving.store import JobState, JobStore
 from serving.worker import RenderWorker
-from tests.fakes import FakeNoFaceError, FakePipeline
+from tests.fakes import FakePipeline
 
 
 class Harness:
@@ -94,11 +95,11 @@ def test_failure_is_recorded_and_next_job_still_runs(harness: Harness, caplog: p
     failed = harness.worker.process_one()
     assert failed is not None and failed.id == bad
     assert failed.state is JobState.FAILED and failed.error_kind == "render"
-    assert failed.error is not None and "FakeRenderError: fake failure" in failed.error
+    assert failed.error is not None and "RenderError: fake failure" in failed.error
     # The cause goes to the log with its traceback.
     record = next(r for r in caplog.records if r.levelname == "ERROR")
     message = record.getMessage()
-    assert message.startswith("failed (render): FakeRenderError: fake failure") and "Traceback" in message
+    assert message.startswith("failed (render): RenderError: fake failure") and "Traceback" in message
     assert "in generate" in message  # the frames of the traceback
     completed = harness.worker.process_one()
     assert completed is not None and completed.id == good and completed.state is JobState.COMPLETED
@@ -120,7 +121,7 @@ def test_failure_log_escapes_user_strings(harness: Harness, caplog: pytest.LogCa
 def test_input_errors_name_the_field(harness: Harness) -> None:
     class NoFace(FakePipeline):
         def generate(self, *args: object, **kwargs: object) -> Path:
-            raise FakeNoFaceError("face.png: no face found in the image")
+            raise NoFaceError("face.png: no face found in the image")
 
     harness.worker = harness.make_worker(NoFace())
     harness.submit()
