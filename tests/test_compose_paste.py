@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker.compose import PasteBox, aspect_resize, aspect_size, paste_frame, paste_frames
 from sadtalker.errors import RenderError
