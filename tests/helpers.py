@@ -133,7 +133,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 # i.e. PSNR >= ~48 dB before encoding.  H.264 at our settings then costs a few dB on noise-like frames, and
 # yuv420p halves the chroma resolution: on the random-weight frames that alone caps RGB PSNR at ~28 dB, whoever
 # encodes them.  So luma is compared with the golden frame, and RGB with the golden frame as yuv420p holds it;
-# both measured at 36-40 dB (see the tests' printed values).  A black, frozen, reordered or 2-px-shifted video
+# measured at 34-40 dB (the tests print them).  A black, frozen, reordered or 2-px-shifted video
 # lands at 5-22 dB (test_video_comparison_rejects_broken_videos), far below the floor.
 MIN_PSNR_DB = 30.0
 
