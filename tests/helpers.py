@@ -130,11 +130,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # Why 30 dB: the reference kit allows our rendered frames <= 2 levels off the golden ones (99.9 % within 1 level),
-# i.e. PSNR >= ~48 dB before encoding.  H.264 at our settings then costs a few dB on noise-like frames, and
+# i.e. PSNR >= ~48 dB before encoding.  H.264 (crf 18) then costs a few dB on these noise-like frames, and
 # yuv420p halves the chroma resolution: on the random-weight frames that alone caps RGB PSNR at ~28 dB, whoever
-# encodes them.  So luma is compared with the golden frame, and RGB with the golden frame as yuv420p holds it;
-# measured at 34-40 dB (the tests print them).  A black, frozen, reordered or 2-px-shifted video
-# lands at 5-22 dB (test_video_comparison_rejects_broken_videos), far below the floor.
+# encodes them.  So luma is compared with the golden frame, and RGB with the golden frame as yuv420p holds it.
+# Measured: 34-40 dB without GFPGAN, 43-49 dB with it (the tests print per-frame values).  Broken videos score
+# far lower against the golden frames: black 6 dB, frozen or reordered 16-21 dB, shifted by 2 px 23 dB
+# (test_pipeline.test_video_comparison_rejects_broken_videos feeds such videos through this comparison).
 MIN_PSNR_DB = 30.0
 
 
