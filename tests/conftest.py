@@ -1,4 +1,12 @@
-"""Shared fixtures: the reference kit in ../shared and synthetic checkpoints built once per session."""
+"""Fixtures only (helpers live in tests/helpers.py): the reference kit, synthetic checkpoints, shared models.
+
+Expensive objects are session-scoped and shared by every test module: the synthetic checkpoints, one 256-px
+``SadTalker`` (every network, GFPGAN, face detection), one 512-px one, and the conformance runner's arrays per
+golden case.  Tests must not mutate them (swap attributes on a ``copy.copy`` instead).
+
+Without the reference kit (``../shared``) the tests that need it skip, except under ``CI=true``: there the run
+stops at once with one line, so a CI job can never pass with its golden comparisons silently skipped.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +17,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from helpers import GOLDEN_CASES, REFERENCE, TOOLS, missing_kit_message, on_ci
 
 import sadtalker  # noqa: F401  (installs the compat aliases before any gfpgan/facexlib import)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SADTALKER_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "reference"
-TOOLS = SHARED / "tools"
-GOLDEN_CASES = ("crop_people0_256", "fullstill_full3_256")
-SKIP_NO_SHARED = (
-    f"reference kit not found at {SHARED} (set SADTALKER_SHARED, or run where ../shared exists, as CI does)"
-)
+
+def pytest_configure(config: pytest.Config) -> None:
+    if on_ci() and not REFERENCE.is_dir():
+        raise pytest.UsageError(f"CI=true but the {missing_kit_message()}")
+
+
+def _missing_kit() -> None:
+    if on_ci():
+        pytest.fail(f"CI=true but the {missing_kit_message()}", pytrace=False)
+    pytest.skip(missing_kit_message())
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE.is_dir():
-        pytest.skip(SKIP_NO_SHARED)
+        _missing_kit()
     return REFERENCE
 
 
@@ -33,11 +45,6 @@ def reference_dir() -> Path:
 def golden_case_dir(request: pytest.FixtureRequest, reference_dir: Path) -> Path:
     """A public golden case folder (image, wav, case.json, inputs.npz, golden.npz)."""
     return reference_dir / "golden" / request.param
-
-
-def load_golden(case_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(case_dir / "golden.npz") as data:
-        return {key: data[key] for key in data.files}
 
 
 def _run_tool(script: str, *args: str) -> None:
@@ -55,8 +62,43 @@ def synthetic_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if prebuilt:
         return Path(prebuilt)
     if not TOOLS.is_dir():
-        pytest.skip(SKIP_NO_SHARED)
+        _missing_kit()
     out = tmp_path_factory.mktemp("checkpoints")
     _run_tool("make_synthetic_checkpoints.py", "--out", str(out), "--size", "both")
     _run_tool("make_synthetic_enhancer_weights.py", "--out", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def checkpoint_256(synthetic_checkpoints: Path) -> dict[str, torch.Tensor]:
+    """The synthetic 256 safetensors as a flat dict (for loader tests that edit or inspect raw tensors)."""
+    from sadtalker.weights import read_safetensors
+
+    return read_safetensors(synthetic_checkpoints / "SadTalker_V0.0.2_256.safetensors")
+
+
+@pytest.fixture(scope="session")
+def talker(synthetic_checkpoints: Path):
+    """THE 256-px pipeline of the session: every network, face detection and GFPGAN, loaded once (~25 s).
+
+    One face per frame for GFPGAN: random RetinaFace weights "see" hundreds of faces in any picture.
+    """
+    from sadtalker.pipeline import SadTalker
+
+    return SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=True, enhancer_max_faces=1)
+
+
+@pytest.fixture(scope="session")
+def talker_512(synthetic_checkpoints: Path):
+    """A 512-px pipeline without face detection and GFPGAN (only the 512 render path needs it)."""
+    from sadtalker.pipeline import SadTalker
+
+    return SadTalker(synthetic_checkpoints, "cpu", sizes=(512,), enhancer=False, face_detection=False)
+
+
+@pytest.fixture(scope="session")
+def conformance_arrays(golden_case_dir: Path, talker) -> dict[str, np.ndarray]:
+    """Our arrays for a golden case under the kit's names (renders the 3 golden frames once per session)."""
+    from sadtalker.conformance import Case, run_case
+
+    return run_case(Case.read(golden_case_dir), talker)

@@ -8,7 +8,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker.audio import (
     SAMPLES_PER_FRAME,

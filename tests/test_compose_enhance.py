@@ -20,7 +20,7 @@ import torch
 from facexlib.parsing.parsenet import ParseNet
 from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
 
-from sadtalker.compose.enhance import FaceEnhancer, decoder_noise, gfpgan_forward
+from sadtalker.compose.enhance import FaceEnhancer, decoder_noise, gfpgan_forward, largest_faces
 from sadtalker.weights import CheckpointError
 
 # GFPGANer builds RetinaFace through torchvision's deprecated resnet50(pretrained=False) call.
@@ -241,3 +241,51 @@ def _few_threads() -> Iterator[None]:
     torch.set_num_threads(min(before, 2))
     yield
     torch.set_num_threads(before)
+
+
+def test_largest_faces_by_box_area() -> None:
+    boxes = [
+        np.array([0, 0, 10, 10, 0.999]),  # 100 px², the most confident
+        np.array([5, 5, 35, 25, 0.98]),  # 600 px²
+        np.array([50, 50, 70, 80, 0.97]),  # 600 px², later: after the equal one
+        np.array([0, 0, 20, 20, 0.99]),  # 400 px²
+    ]
+    assert largest_faces(boxes, 1) == [1]
+    assert largest_faces(boxes, 3) == [1, 2, 3]
+    assert largest_faces(boxes, 10) == [1, 2, 3, 0]
+    assert largest_faces([], 2) == []
+
+
+class _TwoFaceDetector:
+    """RetinaFace's answer for a frame with a small, confident face first and a large, less confident one."""
+
+    def __init__(self, small: np.ndarray, large: np.ndarray) -> None:
+        self.rows = [self._row(small, 0.999), self._row(large, 0.975)]  # RetinaFace sorts by score
+
+    @staticmethod
+    def _row(points: np.ndarray, score: float) -> np.ndarray:
+        box = [*points.min(axis=0) - 20, *points.max(axis=0) + 20, score]
+        return np.concatenate([np.float32(box), points.ravel()]).astype(np.float32)
+
+    def detect_faces(self, image: np.ndarray, conf_threshold: float = 0.8) -> np.ndarray:
+        return np.stack(self.rows)
+
+
+def test_max_faces_keeps_the_largest_face_not_the_most_confident(enhancer: FaceEnhancer) -> None:
+    """SADTALKER_ENHANCER_MAX_FACES=1 on a group photo restores the big face, even if a small one scores higher."""
+    rng = np.random.default_rng(4)
+    frame = cv2.resize(rng.integers(0, 256, (20, 20, 3), np.uint8), (320, 320))
+    large = (TEMPLATE * 0.35).astype(np.float32)  # aligned crop covers about [0, 180) x [0, 180)
+    small = (TEMPLATE * 0.08 + 250).astype(np.float32)  # about [250, 291) x [250, 291); eyes 10 px apart
+    saved = enhancer.gfpgan, enhancer.helper.face_parse, enhancer.helper.face_det, enhancer.max_faces
+    try:
+        enhancer.gfpgan, enhancer.helper.face_parse = _narrow_gfpgan(), _narrow_parser()
+        enhancer.helper.face_det = _TwoFaceDetector(small, large)
+        enhancer.max_faces = 1
+        (out,) = enhancer.enhance(frame[None], generator=torch.Generator().manual_seed(0))
+    finally:
+        enhancer.gfpgan, enhancer.helper.face_parse, enhancer.helper.face_det, enhancer.max_faces = saved
+    changed = np.abs(out.astype(np.int16) - frame).max(axis=-1) > 0
+    assert changed[:180, :180].mean() > 0.1  # the large face was restored and pasted back
+    assert not changed[240:, 240:].any()  # the small one was left alone
+    assert not changed[:, 200:240].any() and not changed[200:240, :].any()  # and nothing between them

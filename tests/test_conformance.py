@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_golden
+from helpers import load_golden
 
-from sadtalker.conformance import Case, main, run_case
+from sadtalker.conformance import Case, main
 from sadtalker.pipeline import SadTalker
 
 # Only used to make the injected landmarks; the pipeline never computes it.
 INJECTION_ONLY = {"haar_box_xywh"}
+# Fed to the runner from inputs.npz / case.json (README §5): echoed back unchanged, so comparing them with the
+# golden proves nothing.  Seed 0's own blink and pose draws are checked in test_seed_zero_reproduces_...
+INJECTED = {"lm68_orig", "lm68_crop", "blink_ratio", "audio2pose_z", "meta_json"}
 EXACT = {
-    "lm68_orig", "lm68_crop", "align_rsize_wh", "crop_box_xyxy", "quad_lx_ly_rx_ry", "crop_info_size_wh",
-    "cropped_hw_before_resize", "target_semantics_batched_shape", "blink_ratio", "audio2pose_z", "paste_src_hw",
-    "paste_center_xy",
+    "align_rsize_wh", "crop_box_xyxy", "quad_lx_ly_rx_ry", "crop_info_size_wh", "cropped_hw_before_resize",
+    "target_semantics_batched_shape", "paste_src_hw", "paste_center_xy",
 }
 ONE_LEVEL = {"crop_image", "recon_input_224"}
 RENDERED_UINT8 = {"render_uint8", "video_frame0_uint8"}
@@ -30,15 +31,9 @@ ABS_1E4 = {
 }
 
 
-@pytest.fixture(scope="module")
-def talker(synthetic_checkpoints: Path) -> SadTalker:
-    return SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=False)
-
-
-@pytest.fixture(scope="module")
-def case_result(golden_case_dir: Path, talker: SadTalker) -> tuple[dict, dict, Case]:
-    case = Case.read(golden_case_dir)
-    return run_case(case, talker), load_golden(golden_case_dir), case
+@pytest.fixture
+def case_result(golden_case_dir: Path, conformance_arrays: dict) -> tuple[dict, dict, Case]:
+    return conformance_arrays, load_golden(golden_case_dir), Case.read(golden_case_dir)
 
 
 def _abs(ours: np.ndarray, golden: np.ndarray) -> np.ndarray:
@@ -54,11 +49,11 @@ def test_every_golden_array_is_produced(case_result) -> None:
         assert ours[key].shape == golden[key].shape, key
 
 
-def test_geometry_and_injected_inputs_exact(case_result) -> None:
+def test_geometry_exact(case_result) -> None:
     ours, golden, _ = case_result
+    assert not EXACT & INJECTED
     for key in EXACT & set(golden):
         np.testing.assert_array_equal(ours[key], golden[key], err_msg=key)
-    assert json.loads(str(ours["meta_json"])) == json.loads(str(golden["meta_json"]))
 
 
 def test_images_within_one_level(case_result) -> None:
@@ -97,6 +92,9 @@ def test_render_within_tolerance(case_result) -> None:
         levels = _abs(ours[key], golden[key])
         assert levels.max() <= 2, key
         assert (levels <= 1).mean() >= 0.999, key
+    # The three frames really differ (the driving signal reaches the image).
+    frames = ours["render_uint8"].astype(np.int16)
+    assert np.abs(frames[0] - frames[1]).mean() > 1 and np.abs(frames[1] - frames[2]).mean() > 1
 
 
 def test_paste_back_within_two_levels(case_result) -> None:
@@ -106,7 +104,19 @@ def test_paste_back_within_two_levels(case_result) -> None:
     assert _abs(ours["paste_full_frame0"], golden["paste_full_frame0"]).max() <= 2
 
 
-def test_command_line_writes_npz(tmp_path: Path, reference_dir: Path, synthetic_checkpoints: Path) -> None:
+def test_command_line_writes_npz(
+    tmp_path: Path, reference_dir: Path, synthetic_checkpoints: Path, talker: SadTalker, monkeypatch
+) -> None:
+    import sadtalker.conformance
+
+    loads: list[tuple] = []
+
+    def shared_talker(checkpoint_dir, device, **kwargs) -> SadTalker:
+        """The session's models instead of a second load; the arguments the CLI passes are checked."""
+        loads.append((Path(checkpoint_dir), device, kwargs))
+        return talker
+
+    monkeypatch.setattr(sadtalker.conformance, "SadTalker", shared_talker)
     case_dir = reference_dir / "golden" / "crop_people0_256"
     out = tmp_path / "out.npz"
     assert main(["--case", str(case_dir), "--checkpoints", str(synthetic_checkpoints), "--out", str(out),
@@ -114,6 +124,7 @@ def test_command_line_writes_npz(tmp_path: Path, reference_dir: Path, synthetic_
     with np.load(out) as data:
         assert data["render_uint8"].shape == (1, 256, 256, 3)
         assert data["coeff_pred_70"].shape == (70, 70)
+    assert loads == [(synthetic_checkpoints, "cpu", {"sizes": (256,), "enhancer": False, "face_detection": False})]
 
 
 def test_seed_zero_reproduces_the_recorded_randomness(golden_case_dir: Path, talker: SadTalker) -> None:

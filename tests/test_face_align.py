@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker.face.align import (
     LM3D_STD_5PTS,

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker.errors import ImageError
 from sadtalker.face.crop import crop_face, landmarks_in_crop, quad_geometry

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_blind_checkpoints
 
 from sadtalker.checkpoints.files import FACE_ALIGNMENT_FILE as ALIGNMENT_FILE
 from sadtalker.checkpoints.files import FACE_DETECTION_FILE as DETECTOR_FILE
@@ -47,8 +48,9 @@ def _forbid_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def landmarker(synthetic_checkpoints: Path) -> FaceLandmarker:
-    return FaceLandmarker(synthetic_checkpoints, device="cpu")
+def landmarker(talker) -> FaceLandmarker:
+    """The session pipeline's FaceLandmarker (FaceLandmarker(synthetic_checkpoints, "cpu"))."""
+    return talker.landmarker
 
 
 def test_loads_from_directory_without_network(
@@ -98,14 +100,7 @@ def test_wrong_weight_file_is_named(synthetic_checkpoints: Path, tmp_path: Path)
 def test_synthetic_detector_reports_no_face(
     synthetic_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    state = torch.load(synthetic_checkpoints / DETECTOR_FILE, map_location="cpu", weights_only=True)
-    for key in [k for k in state if k.startswith("ClassHead.")]:
-        if key.endswith(".weight"):
-            state[key] = torch.zeros_like(state[key])
-        else:  # per anchor (background, face) logits: always background
-            state[key] = torch.tensor([20.0, -20.0]).repeat(state[key].numel() // 2)
-    torch.save(state, tmp_path / DETECTOR_FILE)
-    (tmp_path / ALIGNMENT_FILE).symlink_to(synthetic_checkpoints / ALIGNMENT_FILE)
+    write_blind_checkpoints(synthetic_checkpoints, tmp_path)
     _forbid_network(monkeypatch)
 
     blind = FaceLandmarker(tmp_path)

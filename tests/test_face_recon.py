@@ -9,25 +9,26 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker.conformance import face_arrays
 from sadtalker.errors import ImageError
 from sadtalker.face import FaceLandmarks, ReconNet, prepare_source, source_coefficients
-from sadtalker.weights import CheckpointError, read_safetensors
+from sadtalker.weights import CheckpointError
 
 CHECKPOINT = "SadTalker_V0.0.2_256.safetensors"
 COEFF_TOL = 1e-4  # README §6: 257/73 coefficients <= 1e-4 abs
 
 
 @pytest.fixture(scope="module")
-def checkpoint(synthetic_checkpoints: Path) -> dict[str, torch.Tensor]:
-    return read_safetensors(synthetic_checkpoints / CHECKPOINT)
+def checkpoint(checkpoint_256: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return checkpoint_256
 
 
 @pytest.fixture(scope="module")
-def recon_net(checkpoint: dict[str, torch.Tensor]) -> ReconNet:
-    return ReconNet(checkpoint, source=CHECKPOINT)
+def recon_net(talker) -> ReconNet:
+    """The session pipeline's ReconNet (built from the 256 checkpoint, as ReconNet(checkpoint) would be)."""
+    return talker.models[256].recon
 
 
 def _case(case_dir: Path) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:

@@ -204,7 +204,7 @@ def test_soundfile_formats_equal_librosa_load(audio_dir: Path, name: str) -> Non
 
 
 def test_golden_wav_equals_librosa_and_golden(golden_case_dir: Path) -> None:
-    from conftest import load_golden
+    from helpers import load_golden
 
     case_wav = next(p for p in golden_case_dir.iterdir() if p.suffix == ".wav")
     wav = load_audio(case_wav)

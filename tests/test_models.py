@@ -12,8 +12,9 @@ from sadtalker.weights import CheckpointError
 
 
 @pytest.mark.parametrize("size", [256, 512])
-def test_both_sizes_and_both_mapping_files_load(synthetic_checkpoints: Path, size: int) -> None:
-    models = load_size_models(synthetic_checkpoints, size, torch.device("cpu"))
+def test_both_sizes_and_both_mapping_files_load(talker, talker_512, size: int) -> None:
+    """The session pipelines (SadTalker loads each size with load_size_models, both mapping files)."""
+    models = (talker if size == 256 else talker_512).models[size]
     assert models.size == size and sorted(models.renderers) == [70, 73]
     crop, full = models.renderers[70], models.renderers[73]
     # The crop and full renderers share the big networks; only the mapping nets differ.

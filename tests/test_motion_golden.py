@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker.audio import AudioFeatures, compute_audio_features
 from sadtalker.conformance import motion_arrays
 from sadtalker.motion import Audio2ExpNet, Audio2PoseNet, MotionResult, predict_motion
-from sadtalker.weights import read_safetensors
 
 TOL = 1e-4  # README section 6: audio2exp / audio2pose / coeff_pred <= 1e-4 abs
 COMPARED = (
@@ -30,9 +29,9 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def motion_models(synthetic_checkpoints: Path) -> tuple[Audio2ExpNet, Audio2PoseNet]:
-    checkpoint = read_safetensors(synthetic_checkpoints / "SadTalker_V0.0.2_256.safetensors")
-    return Audio2ExpNet.from_checkpoint(checkpoint), Audio2PoseNet.from_checkpoint(checkpoint)
+def motion_models(talker) -> tuple[Audio2ExpNet, Audio2PoseNet]:
+    """The session pipeline's motion networks (Audio2*Net.from_checkpoint of the 256 file)."""
+    return talker.models[256].audio2exp, talker.models[256].audio2pose
 
 
 def _case(case_dir: Path) -> tuple[dict, dict[str, np.ndarray], AudioFeatures]:

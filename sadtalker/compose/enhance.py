@@ -73,7 +73,7 @@ class FaceEnhancer:
     ) -> None:
         """``batch_size``: faces per GFPGAN batch (and frames per detection chunk).
 
-        ``max_faces``: restore at most this many faces per frame, the most confident first (None = all, as
+        ``max_faces``: restore at most this many faces per frame, the largest first (None = all, as
         GFPGANer). With random (synthetic) weights RetinaFace "finds" hundreds of faces per frame, each costing a
         GFPGAN pass. ``detector``: an already loaded RetinaFace ResNet-50 (the face stage's) to share.
         """
@@ -173,8 +173,9 @@ class FaceEnhancer:
         if landmarks is None:
             helper.get_face_landmarks_5(only_center_face=False, eye_dist_threshold=EYE_DIST_THRESHOLD)
             if self.max_faces is not None:
-                # Detections come sorted by score, so this keeps the most confident faces.
-                helper.all_landmarks_5 = helper.all_landmarks_5[: self.max_faces]
+                keep = largest_faces(helper.det_faces, self.max_faces)
+                helper.det_faces = [helper.det_faces[i] for i in keep]
+                helper.all_landmarks_5 = [helper.all_landmarks_5[i] for i in keep]
         else:
             # float32, like the detector's landmarks (cv2.estimateAffinePartial2D then sees the same input type).
             helper.all_landmarks_5 = [np.asarray(points, dtype=np.float32).reshape(5, 2) for points in landmarks]
@@ -198,6 +199,18 @@ class FaceEnhancer:
         tensor = img2tensor(crop / 255.0, bgr2rgb=True, float32=True)
         normalize(tensor, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), inplace=True)
         return tensor
+
+
+def largest_faces(boxes: Sequence[np.ndarray], max_faces: int) -> list[int]:
+    """Indices of the ``max_faces`` largest detections (box area), largest first; ties keep detection order.
+
+    ``boxes``: per face ``[x1, y1, x2, y2, ...]`` (facexlib's ``det_faces``, sorted by score). Largest, not most
+    confident: in a group photo the faces that matter are the big ones, and RetinaFace scores small background
+    faces as confidently as the subject's.
+    """
+    areas = [max(float(b[2]) - float(b[0]), 0.0) * max(float(b[3]) - float(b[1]), 0.0) for b in boxes]
+    order = sorted(range(len(areas)), key=lambda i: -areas[i])  # sorted() is stable: ties keep detection order
+    return order[:max_faces]
 
 
 def decoder_noise(net: GFPGANv1Clean, count: int, generator: torch.Generator) -> list[torch.Tensor]:
