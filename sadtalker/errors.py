@@ -44,3 +44,9 @@ class AudioTooLongError(AudioError):
 
 class RenderError(SadTalkerError):
     """Rendering or encoding failed for a reason that is not the inputs' fault (e.g. ffmpeg failed)."""
+
+
+class ReferenceVideoError(InputError):
+    """A reference video (``ref_eyeblink`` / ``ref_pose``) is unreadable, empty, too large or shows no face."""
+
+    field = "ref_video"
