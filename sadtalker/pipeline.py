@@ -327,6 +327,8 @@ class SadTalker:
         angles = self.pose_override(options, semantics.num_frames)  # interpolated over the whole clip
         if options.max_frames is not None and options.max_frames < semantics.num_frames:
             semantics = RenderSemantics(semantics.source, semantics.target[: options.max_frames])
+            if angles is not None:
+                angles = angles.select(slice(0, options.max_frames), torch.device("cpu"))
         tracker.stage("render", 0.0)
         total = semantics.num_frames
         logger.info(
