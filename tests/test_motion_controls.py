@@ -42,7 +42,7 @@ IMAGES = {CROP_CASE: "people_0.png", FULL_CASE: "full3.png"}
 SHIFTS = (0, 6, -5)  # horizontal shift (px) of each reference frame: the face moves, so coefficients differ
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
+# -- helpers
 
 
 def _case(reference_dir: Path, name: str = CROP_CASE) -> tuple[Path, np.ndarray, Path]:
@@ -84,7 +84,7 @@ def talker(synthetic_checkpoints: Path) -> SadTalker:
     return SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=True)
 
 
-# -- free view: the original's gen_camera_pose ---------------------------------------------------------------------
+# -- free view: the original's gen_camera_pose
 
 
 def test_camera_angles_follow_the_originals_interpolation() -> None:
@@ -110,7 +110,7 @@ def test_camera_angles_where_the_original_crashes() -> None:
     np.testing.assert_array_equal(camera_angles([5, 25], 1), [5])
 
 
-# -- options ---------------------------------------------------------------------------------------------------------
+# -- options
 
 
 def test_options_defaults_change_nothing_and_are_validated(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_options_defaults_change_nothing_and_are_validated(tmp_path: Path) -> No
             GenerateOptions(**bad)
 
 
-# -- reference coefficients as the original uses them ------------------------------------------------------------------
+# -- reference coefficients as the original uses them
 
 
 def test_reference_tiling_and_relative_pose_by_hand() -> None:
@@ -145,7 +145,7 @@ def test_reference_tiling_and_relative_pose_by_hand() -> None:
     assert np.all(pred == 1)  # the caller's array is untouched
 
 
-# -- extcrop / extfull geometry on the public golden images ---------------------------------------------------------------
+# -- extcrop / extfull geometry on the public golden images
 
 
 @pytest.mark.parametrize("case", [CROP_CASE, FULL_CASE])
@@ -171,7 +171,7 @@ def test_ext_crop_boxes_for_the_golden_images(reference_dir: Path, case: str) ->
         assert crop.paste_box_xyxy == expected_box
 
 
-# -- reference videos -> coefficients -------------------------------------------------------------------------------------
+# -- reference videos -> coefficients
 
 
 def test_reference_video_coefficients(talker: SadTalker, reference_dir: Path, tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_reference_video_errors(
     assert ref.num_frames == 3 and ref.fps == 50 and "25 fps" in caplog.text
 
 
-# -- motion with references --------------------------------------------------------------------------------------------
+# -- motion with references
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +322,7 @@ def test_free_view_angles_drive_every_frame(talker: SadTalker, motion_inputs) ->
     np.testing.assert_array_equal(first[0], (by_hand[0].permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy())
 
 
-# -- end to end to an mp4, one per feature ---------------------------------------------------------------------------------
+# -- end to end to an mp4, one per feature
 
 
 @pytest.mark.slow  # one rendered frame each, but face + motion + encode: ~10-60 s per feature on a busy CPU
@@ -366,7 +366,7 @@ def test_reference_video_error_in_generate_leaves_nothing(talker: SadTalker, ref
     assert list(out.iterdir()) == []
 
 
-# -- conformance runner -------------------------------------------------------------------------------------------------------
+# -- conformance runner
 
 
 @pytest.mark.parametrize("variant", ["references_free_view", "extcrop", "extfull"])
@@ -413,3 +413,19 @@ def test_conformance_runner_motion_cases(
         assert out["target_semantics"].shape[1] == (73 if variant == "extfull" else 70)
         if variant == "extfull":
             assert out["paste_full_frame0"].shape == image.shape
+
+
+def test_command_line_flags_are_the_originals() -> None:
+    from sadtalker.__main__ import build_parser, options_from_args
+
+    args = build_parser().parse_args([
+        "--source_image", "face.png", "--driven_audio", "speech.wav", "--ref_eyeblink", "blink.mp4",
+        "--ref_pose", "nod.mp4", "--input_yaw", "-30", "30", "--input_pitch", "10", "--input_roll", "0", "5", "0",
+        "--preprocess", "extfull",
+    ])
+    options = options_from_args(args)
+    assert (options.ref_eyeblink, options.ref_pose) == (Path("blink.mp4"), Path("nod.mp4"))
+    assert (options.input_yaw, options.input_pitch, options.input_roll) == ((-30, 30), (10,), (0, 5, 0))
+    assert options.preprocess == "extfull" and options.pastes_back
+    plain = options_from_args(build_parser().parse_args(["--source_image", "f.png", "--driven_audio", "s.wav"]))
+    assert plain == GenerateOptions(enhancer="none")  # without the new flags: exactly as before
