@@ -26,7 +26,7 @@ from sadtalker.audio import compute_audio_features
 from sadtalker.conformance import Case, run_case
 from sadtalker.face.crop import crop_face, landmarks_in_crop
 from sadtalker.face.detect import FaceLandmarks
-from sadtalker.face.reference import reference_coefficients
+from sadtalker.face.reference import check_reference_video, reference_coefficients
 from sadtalker.media import ffmpeg_exe, load_audio, load_image
 from sadtalker.motion.freeview import camera_angles
 from sadtalker.motion.reference import apply_reference_pose, fit_to_length, reference_expression
@@ -429,3 +429,17 @@ def test_command_line_flags_are_the_originals() -> None:
     assert options.preprocess == "extfull" and options.pastes_back
     plain = options_from_args(build_parser().parse_args(["--source_image", "f.png", "--driven_audio", "s.wav"]))
     assert plain == GenerateOptions(enhancer="none")  # without the new flags: exactly as before
+
+
+def test_check_reference_video_reads_only_the_header(reference_dir: Path, tmp_path: Path) -> None:
+    video, _ = _reference_video(tmp_path, reference_dir, name="ref.mp4", codec="libx264")
+    info = check_reference_video(video, field="ref_pose")
+    assert info.fps == 25 and info.size_wh == (474, 474) and info.seconds == pytest.approx(0.12, abs=0.01)
+    with pytest.raises(errors.ReferenceVideoError, match="limit of 0.05 s") as raised:
+        check_reference_video(video, field="ref_pose", max_seconds=0.05)
+    assert raised.value.field == "ref_pose"
+    with pytest.raises(errors.ReferenceVideoError, match="pixels"):
+        check_reference_video(video, max_pixels=1000)
+    (tmp_path / "x.webm").write_bytes(b"garbage")
+    with pytest.raises(errors.ReferenceVideoError, match="not a readable video"):
+        check_reference_video(tmp_path / "x.webm", field="ref_eyeblink")

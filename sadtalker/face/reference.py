@@ -64,6 +64,7 @@ class ReferenceVideo:
 class _VideoStream:
     fps: float
     size_wh: tuple[int, int]
+    seconds: float | None
     frames: Iterator[np.ndarray]
 
 
@@ -98,7 +99,41 @@ def _open_video(path: Path, field: str, max_pixels: int) -> tuple[_VideoStream, 
             yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
 
     fps = float(meta.get("fps") or 0.0)
-    return _VideoStream(fps, (width, height), frames()), reader.close
+    duration = meta.get("duration")
+    seconds = float(duration) if isinstance(duration, int | float) else None
+    return _VideoStream(fps, (width, height), seconds, frames()), reader.close
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the header of a reference video says (no frame is decoded)."""
+
+    fps: float
+    size_wh: tuple[int, int]
+    seconds: float
+
+
+def check_reference_video(
+    path: str | Path,
+    *,
+    field: str = "ref_video",
+    max_seconds: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> VideoInfo:
+    """Request-time validation of a reference video from its header: readable, a video stream, frame size and
+    duration within the caps.  Raises ``ReferenceVideoError`` naming ``field``.  (Faces are only looked for at
+    render time, where the detector runs.)"""
+    path = Path(path)
+    stream, stop = _open_video(path, field, max_pixels)
+    stop()
+    seconds = float(stream.seconds or 0.0)
+    if max_seconds is not None and seconds > max_seconds:
+        raise ReferenceVideoError(
+            f"{field}: {path.name} lasts {seconds:.1f} s, more than the limit of {max_seconds:g} s; trim it "
+            "(only as many frames as the audio has are used)",
+            field=field,
+        )
+    return VideoInfo(stream.fps, stream.size_wh, seconds)
 
 
 def reference_coefficients(
