@@ -1,8 +1,9 @@
 """Command line, with the original ``inference.py`` flags:
 
     python -m sadtalker --source_image face.png --driven_audio speech.wav --result_dir results \
-        [--preprocess crop|full|resize] [--still] [--enhancer gfpgan|none] [--size 256|512] [--pose_style N]
-        [--expression_scale X] [--batch_size N] [--seed N] [--landmarks FILE] [--cpu]
+        [--preprocess crop|full|resize|extcrop|extfull] [--still] [--enhancer gfpgan|none] [--size 256|512]
+        [--pose_style N] [--expression_scale X] [--batch_size N] [--seed N] [--landmarks FILE] [--cpu]
+        [--ref_eyeblink VIDEO] [--ref_pose VIDEO] [--input_yaw DEG [DEG ...]] [--input_pitch ...] [--input_roll ...]
 
 The video is written to ``<result_dir>/<YYYYmmdd-HHMMSS>_<8 hex>.mp4`` and its path printed on stdout.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sadtalker.contracts import check_landmarks
+from sadtalker.contracts import PREPROCESS_MODES, check_landmarks
 from sadtalker.errors import SadTalkerError
 from sadtalker.options import GenerateOptions
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=["crop", "full"], default=None,
                         help="the service's presets (crop: --preprocess crop; full: --preprocess full --still); "
                              "explicit flags below override it")
-    parser.add_argument("--preprocess", choices=["crop", "full", "resize"], default=None)
+    parser.add_argument("--preprocess", choices=list(PREPROCESS_MODES), default=None,
+                        help="extcrop/extfull: the larger border crop (extfull pastes it back into the photo)")
     parser.add_argument("--still", action="store_true", default=None, help="keep the head pose of the photo")
     parser.add_argument("--enhancer", choices=["gfpgan", "none"], default=None,
                         help="face restoration of every frame (default: none, as in the original)")
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--expression_scale", type=float, default=None)
     parser.add_argument("--batch_size", type=int, default=None, help="frames rendered at once")
     parser.add_argument("--seed", type=int, default=None, help="seed for blinks and head motion (default: random)")
+    parser.add_argument("--ref_eyeblink", default=None,
+                        help="reference video whose expression (eye blinks) the portrait follows")
+    parser.add_argument("--ref_pose", default=None, help="reference video whose head motion the portrait copies")
+    for axis in ("yaw", "pitch", "roll"):
+        parser.add_argument(f"--input_{axis}", nargs="+", type=float, default=None, metavar="DEG",
+                            help=f"head {axis} in degrees: one value = constant, several = interpolated over the clip")
     parser.add_argument("--landmarks", default=None, help="68 face landmarks (.npy/.json/.txt) to skip detection")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
@@ -63,7 +71,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     base = GenerateOptions.preset(args.preset) if args.preset else GenerateOptions(enhancer="none")
     overrides = {
         name: getattr(args, name)
-        for name in ("preprocess", "still", "enhancer", "size", "pose_style", "expression_scale", "batch_size", "seed")
+        for name in ("preprocess", "still", "enhancer", "size", "pose_style", "expression_scale", "batch_size", "seed",
+                     "ref_eyeblink", "ref_pose", "input_yaw", "input_pitch", "input_roll")
         if getattr(args, name) is not None
     }
     return replace(base, **overrides)

@@ -6,6 +6,14 @@ A case folder holds the source image, a 16 kHz wav, ``case.json`` (the run's par
 injected inputs only: ``lm68_orig``, ``lm68_crop``, ``blink_ratio``, ``audio2pose_z``).  The output uses the
 array names and shapes of the reference kit's ``golden.npz`` so the two can be compared key by key.  The runner
 never reads a golden file.
+
+Motion-control cases may also set, in ``case.json``: ``ref_eyeblink`` / ``ref_pose`` (video file names in the
+case folder), ``input_yaw`` / ``input_pitch`` / ``input_roll`` (lists of degrees) and ``preprocess``
+``extcrop`` / ``extfull``; ``inputs.npz`` then also holds ``ref_video_lm68_orig`` (N, 68, 2: landmarks per
+reference frame on the video's own pixels; ``ref_eyeblink_lm68_orig`` / ``ref_pose_lm68_orig`` when the two
+videos differ).  Extra outputs: ``ref_video_coeff_73`` (N, 73, all frames of the reference video; the
+ref_eyeblink one when both are given, plus ``ref_pose_coeff_73`` when that is another video) and
+``kp_driving_first3`` (the first 3 frames' driving keypoints, free-view angles applied).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,7 +38,7 @@ from sadtalker.media import load_audio, load_image
 from sadtalker.motion.coefficients import MotionResult
 from sadtalker.options import GenerateOptions, RenderSize
 from sadtalker.pipeline import SadTalker
-from sadtalker.render.renderer import frames_to_uint8
+from sadtalker.render.renderer import DrivingState, frames_to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +59,16 @@ class Case:
         meta = json.loads((directory / "case.json").read_text())
         with np.load(directory / "inputs.npz") as data:
             inputs = {key: data[key] for key in data.files}
+        def optional(name: str) -> Any:
+            return meta.get(name) if meta.get(name) not in ("", None) else None
+
+        refs = {name: directory / optional(name) if optional(name) else None for name in ("ref_eyeblink", "ref_pose")}
         options = GenerateOptions(
+            ref_eyeblink=refs["ref_eyeblink"],
+            ref_pose=refs["ref_pose"],
+            input_yaw=optional("input_yaw"),
+            input_pitch=optional("input_pitch"),
+            input_roll=optional("input_roll"),
             preprocess=meta["preprocess"],
             still=bool(meta["still"]),
             enhancer="none",
@@ -135,13 +152,21 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
 
     features = compute_audio_features(load_audio(case.audio))
     out.update(wav_16k=features.wav, mel=features.mel, indiv_mels=features.indiv_mels)
+    # Every frame of a reference video (max None), as the original processes it, for ref_video_coeff_73.
+    references = talker.reference_videos(options, None, _reference_landmarks(case))
+    if references:
+        first = references.get("ref_eyeblink") or references["ref_pose"]
+        out["ref_video_coeff_73"] = first.coeff_73
+        if "ref_pose" in references and references["ref_pose"] is not first:
+            out["ref_pose_coeff_73"] = references["ref_pose"].coeff_73
     motion = talker.predict_motion(
         features,
         face,
         options,
         options.seed or 0,
-        blink_ratio=case.inputs["blink_ratio"],
-        pose_noise=case.inputs["audio2pose_z"],
+        blink_ratio=case.inputs.get("blink_ratio"),
+        pose_noise=case.inputs.get("audio2pose_z"),
+        references=references,
     )
     out.update(motion_arrays(motion))
     out["ref_coeff_70"] = face.source_coeff[0, :70]
@@ -159,8 +184,15 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
     source_image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
     out["source_image_float"] = source_image[0].permute(1, 2, 0).numpy()
     count = min(frames if frames is not None else case.rendered_frames, num_frames)
+    angles = talker.pose_override(options, num_frames)
     source = renderer.prepare_source(source_image, semantics.source)
-    driving = renderer.drive(source, semantics.target[:count])
+
+    def drive(frame_count: int) -> DrivingState:
+        override = angles.select(slice(0, frame_count), renderer.device) if angles is not None else None
+        return renderer.drive(source, semantics.target[:frame_count], override)
+
+    driving = drive(count)
+    out["kp_driving_first3"] = (driving if count >= 3 else drive(min(3, num_frames))).kp_driving[:3].cpu().numpy()
     rendered = renderer.render_frames(source, driving)
     out["kp_canonical"] = source.kp_canonical[0].cpu().numpy()
     out["kp_source"] = source.kp_source[0].cpu().numpy()
@@ -175,13 +207,26 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
     out["render_uint8"] = uint8
     video_frame0 = aspect_resize(uint8[:1], face.crop.crop_info_size_wh)[0]
     out["video_frame0_uint8"] = video_frame0
-    if options.preprocess == "full":
+    if options.pastes_back:  # full, extfull
         box = PasteBox(*face.crop.paste_box_xyxy)
         out["paste_full_frame0"] = paste_frame(video_frame0, image, box)
         out["paste_src_hw"] = np.array([box.height, box.width], dtype=np.int64)
         out["paste_center_xy"] = np.array(box.center, dtype=np.int64)
     out["meta_json"] = np.array(json.dumps(case.meta))
     return out
+
+
+def _reference_landmarks(case: Case) -> dict[str, np.ndarray]:
+    """Injected per-frame landmarks of each reference video named by the case."""
+    found: dict[str, np.ndarray] = {}
+    for field in ("ref_eyeblink", "ref_pose"):
+        if getattr(case.options, field) is None:
+            continue
+        for key in (f"{field}_lm68_orig", "ref_video_lm68_orig"):
+            if key in case.inputs:
+                found[field] = case.inputs[key]
+                break
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ Light on purpose (numpy only): the service's API process imports it without load
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -22,8 +22,9 @@ CROP_COEFFS = 70
 FULL_COEFFS = 73
 """Coefficients per frame the full mapping net takes: the crop's 70 + the crop parameters s, tx, ty (mapping_00109)."""
 
-Preprocess = Literal["crop", "full", "resize"]
-"""How the source photo is cut (the original's ``--preprocess``; 'extcrop'/'extfull' are not implemented)."""
+Preprocess = Literal["crop", "full", "resize", "extcrop", "extfull"]
+"""How the source photo is cut (the original's ``--preprocess``)."""
+PREPROCESS_MODES: tuple[str, ...] = get_args(Preprocess)
 
 LANDMARK_COUNT = 68
 

@@ -19,6 +19,7 @@ kind                  class                meaning
 ``checkpoint_pickle`` PickleRefusedError   a checkpoint pickles objects ``weights_only`` loading refuses
 ``download``          DownloadError        a checkpoint file could not be downloaded
 ``host_unreachable``  HostUnreachable      a download host's name does not resolve
+``reference_video``   ReferenceVideoError  a reference video (ref_eyeblink/ref_pose) is unusable
 ===================== ==================== ==============================================================
 """
 
@@ -115,3 +116,10 @@ class HostUnreachable(DownloadError):
     def __init__(self, host: str, message: str) -> None:
         super().__init__(message)
         self.host = host
+
+
+class ReferenceVideoError(InputError):
+    """A reference video (``ref_eyeblink`` / ``ref_pose``) is unreadable, empty, too large or shows no face."""
+
+    kind: ClassVar[str] = "reference_video"
+    field = "ref_video"

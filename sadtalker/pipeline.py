@@ -16,8 +16,8 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,15 @@ from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.contracts import CROP_COEFFS, FPS, FULL_COEFFS, SAMPLES_PER_FRAME, ProgressCallback, check_landmarks
 from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
+from sadtalker.face.reference import ReferenceVideo, reference_coefficients
 from sadtalker.face.source import SourceFace, prepare_source
 from sadtalker.media import load_audio, load_image
 from sadtalker.models import SizeModels, load_size_models
 from sadtalker.motion.coefficients import MotionResult, predict_motion
+from sadtalker.motion.freeview import pose_override
+from sadtalker.motion.reference import apply_reference_pose, reference_expression
 from sadtalker.options import GenerateOptions, Preset
-from sadtalker.render.renderer import Renderer, frames_to_uint8
+from sadtalker.render.renderer import PoseOverride, Renderer, frames_to_uint8
 from sadtalker.render.windows import RenderSemantics, build_semantics
 
 logger = logging.getLogger(__name__)
@@ -159,6 +162,39 @@ class SadTalker:
             image_name=image_name,
         )
 
+    def reference_videos(
+        self,
+        options: GenerateOptions,
+        num_frames: int | None,
+        landmarks: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, ReferenceVideo]:
+        """3DMM coefficients of the ``ref_eyeblink`` / ``ref_pose`` videos (one pass when both name one file).
+
+        Only the first ``num_frames`` frames are decoded (None: all); ``landmarks`` maps a field name to
+        injected (N, 68, 2) landmarks per frame of that video.
+        """
+        models = self._size_models(options)
+        videos: dict[str, ReferenceVideo] = {}
+        for field in ("ref_eyeblink", "ref_pose"):
+            path = getattr(options, field)
+            if path is None:
+                continue
+            same = next((v for v in videos.values() if v.path == path), None)
+            if same is not None and (landmarks or {}).get(field) is None:
+                videos[field] = same  # the original also reuses ref_eyeblink's coefficients when ref_pose == it
+                continue
+            videos[field] = reference_coefficients(
+                path,
+                preprocess=options.preprocess,
+                recon_net=models.recon,
+                landmarker=self.landmarker,
+                landmarks=(landmarks or {}).get(field),
+                max_frames=num_frames,
+                field=field,
+            )
+            logger.info("%s: %d frames of %s", field, videos[field].num_frames, path.name)
+        return videos
+
     def predict_motion(
         self,
         features: AudioFeatures,
@@ -168,10 +204,17 @@ class SadTalker:
         *,
         blink_ratio: np.ndarray | None = None,
         pose_noise: np.ndarray | None = None,
+        references: Mapping[str, ReferenceVideo] | None = None,
     ) -> MotionResult:
-        """Expression and pose per frame; blinks and pose noise are drawn from ``seed`` unless given."""
+        """Expression and pose per frame; blinks and pose noise are drawn from ``seed`` unless given.
+
+        ``references`` (from :meth:`reference_videos`): ``ref_eyeblink`` drives audio2exp's reference
+        expression, ``ref_pose`` adds its relative pose to the smoothed prediction (``coefficients``).
+        """
         models = self._size_models(options)
-        return predict_motion(
+        references = references or {}
+        eyeblink, ref_pose = references.get("ref_eyeblink"), references.get("ref_pose")
+        motion = predict_motion(
             features,
             face.source_coeff,
             pose_style=options.pose_style,
@@ -184,7 +227,11 @@ class SadTalker:
             blink_rng=random.Random(seed),
             pose_noise=pose_noise,
             generator=torch.Generator().manual_seed(seed),
+            ref_expression=None if eyeblink is None else reference_expression(eyeblink.coeff_73, features.num_frames),
         )
+        if ref_pose is not None:
+            motion = replace(motion, coefficients=apply_reference_pose(motion.coefficients, ref_pose.coeff_73))
+        return motion
 
     def semantics(self, motion: MotionResult, face: SourceFace, options: GenerateOptions) -> RenderSemantics:
         return build_semantics(
@@ -198,12 +245,22 @@ class SadTalker:
     def renderer(self, options: GenerateOptions) -> Renderer:
         return self._size_models(options).renderers[options.coeff_nc]
 
+    def pose_override(self, options: GenerateOptions, num_frames: int) -> PoseOverride | None:
+        """Free-view angles (input_yaw/pitch/roll) over a clip of ``num_frames`` frames, or None."""
+        return pose_override(num_frames, yaw=options.input_yaw, pitch=options.input_pitch, roll=options.input_roll)
+
     def render_frames(
-        self, face: SourceFace, semantics: RenderSemantics, options: GenerateOptions
+        self,
+        face: SourceFace,
+        semantics: RenderSemantics,
+        options: GenerateOptions,
+        angles: PoseOverride | None = None,
     ) -> Iterator[np.ndarray]:
-        """Rendered crops as (B, S, S, 3) uint8 batches, in order."""
+        """Rendered crops as (B, S, S, 3) uint8 batches, in order; ``angles`` replace the predicted head angles."""
         image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
-        for batch in self.renderer(options).render(image, semantics.source, semantics.target, options.batch_size):
+        for batch in self.renderer(options).render(
+            image, semantics.source, semantics.target, options.batch_size, pose_override=angles
+        ):
             yield frames_to_uint8(batch).cpu().numpy()
 
     def compose(
@@ -216,7 +273,7 @@ class SadTalker:
     ) -> np.ndarray:
         """Rendered crops -> output frames: aspect resize, paste into the photo (full), then enhance."""
         out = aspect_resize(frames, face.crop.crop_info_size_wh)
-        if options.preprocess == "full":
+        if options.pastes_back:  # full, extfull (the border box)
             box = PasteBox(*face.crop.paste_box_xyxy)
             out = np.stack([paste_frame(frame, image, box) for frame in out])
         if options.enhancer == "gfpgan":
@@ -238,8 +295,12 @@ class SadTalker:
         landmarks: np.ndarray | None = None,
         progress: ProgressCallback | None = None,
         temp_dir: str | Path | None = None,
+        reference_landmarks: Mapping[str, np.ndarray] | None = None,
     ) -> Path:
         """Render one talking-head video to ``output_path`` (written under a temporary name, then renamed).
+
+        ``reference_landmarks`` maps ``ref_eyeblink`` / ``ref_pose`` to (N, 68, 2) landmarks per frame of that
+        video (skips detection there, like ``landmarks`` for the photo).
 
         Raises ``InputError`` subclasses (with ``.field``) for unusable inputs and ``RenderError`` when
         encoding fails; no partial output file is left behind either way.
@@ -258,11 +319,15 @@ class SadTalker:
         features = compute_audio_features(wav)
         tracker.stage("face", 0.0)
         face = self.prepare_face(image, options, landmarks, Path(source_image).name)
+        references = self.reference_videos(options, features.num_frames, reference_landmarks)
         tracker.stage("motion", 0.0)
-        motion = self.predict_motion(features, face, options, seed)
+        motion = self.predict_motion(features, face, options, seed, references=references)
         semantics = self.semantics(motion, face, options)
+        angles = self.pose_override(options, semantics.num_frames)  # interpolated over the whole clip
         if options.max_frames is not None and options.max_frames < semantics.num_frames:
             semantics = RenderSemantics(semantics.source, semantics.target[: options.max_frames])
+            if angles is not None:
+                angles = angles.select(slice(0, options.max_frames), torch.device("cpu"))
         tracker.stage("render", 0.0)
         total = semantics.num_frames
         logger.info(
@@ -271,7 +336,7 @@ class SadTalker:
         enhancer_noise = torch.Generator().manual_seed(seed)  # GFPGAN's decoder noise, as the original draws it
         written = 0
         with VideoWriter(output_path, audio=features.wav, num_frames=total, fps=FPS, temp_dir=temp_dir) as writer:
-            for frames in self.render_frames(face, semantics, options):
+            for frames in self.render_frames(face, semantics, options, angles):
                 writer.write(self.compose(frames, image, face, options, enhancer_noise))
                 written += len(frames)
                 tracker.stage("render", written / total)

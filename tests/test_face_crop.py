@@ -138,7 +138,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     image = np.zeros((100, 100, 3), dtype=np.uint8)
     lm = _synthetic_landmarks((50, 50), 20)
     with pytest.raises(ValueError, match="preprocess must be one of"):
-        crop_face(image, lm, preprocess="extcrop", size=64)  # type: ignore[arg-type]
+        crop_face(image, lm, preprocess="extra", size=64)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"shape \(68, 2\)"):
         crop_face(image, lm[:5], preprocess="crop", size=64)
     with pytest.raises(ValueError, match="NaN"):

@@ -4,7 +4,8 @@ Faithful to the original preprocessing (``src/utils/croper.py`` ``align_face``/`
 ``src/utils/preprocess.py``): an FFHQ-style oriented quad is derived from eyes and mouth, a border box around it
 is cut out of the image, then the axis-aligned bounds of the quad inside that box.  ``full`` mode produces the
 same crop as ``crop`` mode and additionally needs the box in the original image to paste the animated face back.
-``resize`` mode uses the whole image.
+``extcrop`` / ``extfull`` stop after the border box (the original's ``Preprocesser.crop(still=True)``): more of
+the head and shoulders.  ``resize`` mode uses the whole image.
 
 Numerics follow what the original computes under numpy 1.26 (float32 landmarks, a few float64 promotions that
 numpy 2 would no longer do); the crop box and quad are compared bit-for-bit against the reference.
@@ -13,15 +14,16 @@ numpy 2 would no longer do); the crop box and quad are compared bit-for-bit agai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast, get_args
+from typing import cast
 
 import cv2
 import numpy as np
 
-from sadtalker.contracts import Preprocess, check_landmarks
+from sadtalker.contracts import PREPROCESS_MODES, Preprocess, check_landmarks
 from sadtalker.errors import ImageError
 
-PREPROCESS_MODES: tuple[str, ...] = get_args(Preprocess)
+EXTENDED_MODES = frozenset({"extcrop", "extfull"})
+
 
 # The original aligns for an FFHQ output size of 512; it only matters for the downscale of very large faces.
 ALIGN_OUTPUT_SIZE = 512
@@ -79,13 +81,28 @@ class FaceCrop:
 
     @property
     def crop_info_size_wh(self) -> tuple[int, int]:
-        """``crop_info[0]`` of the original: (ox2 - ox1, oy2 - oy1), used for the output aspect ratio."""
-        ox1, oy1, ox2, oy2 = self.paste_box_xyxy
+        """``crop_info[0]`` of the original: (ox2 - ox1, oy2 - oy1), used for the output aspect ratio.
+
+        Original quirk kept: in the ext modes this is still the size of the QUAD box although the crop is the
+        larger border box, so rendered frames get the quad's aspect ratio (and extfull stretches them back over
+        the border box when pasting).
+        """
+        ox1, oy1, ox2, oy2 = self.paste_box_xyxy if self.geometry is None else self.geometry.paste_box_xyxy
         return ox2 - ox1, oy2 - oy1
+
+    @property
+    def region_box_xyxy(self) -> tuple[int, int, int, int]:
+        """The box the crop was cut from, in the (possibly downscaled) image: the quad box, or in the ext modes
+        the border box; the whole image in resize mode."""
+        if self.geometry is None:
+            return self.paste_box_xyxy
+        if self.preprocess in EXTENDED_MODES:
+            return self.geometry.crop_box_xyxy
+        return self.geometry.paste_box_xyxy
 
 
 def check_preprocess(preprocess: str) -> Preprocess:
-    """Validate a preprocess mode name (the original's 'extcrop'/'extfull' are not supported)."""
+    """Validate a preprocess mode name."""
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got {preprocess!r}")
     return cast(Preprocess, preprocess)
@@ -172,7 +189,7 @@ def crop_face(
 ) -> FaceCrop:
     """Cut the face out of ``image_rgb`` as the original does and resize it to ``size`` x ``size``.
 
-    ``landmarks`` (68 x 2, original-image pixels) are required for 'crop' and 'full', ignored for 'resize'.
+    ``landmarks`` (68 x 2, original-image pixels) are required except for 'resize', which ignores them.
     """
     image = check_image(image_rgb)
     preprocess = check_preprocess(preprocess)
@@ -193,9 +210,15 @@ def crop_face(
             work = cv2.resize(image, geometry.align_rsize_wh)  # cv2 bilinear, as the original
         clx, cly, crx, cry = geometry.crop_box_xyxy
         lx, ly, rx, ry = geometry.quad_int
-        # Both 'crop' and 'full' cut the quad bounds out of the border box (only 'ext*' modes would stop earlier).
-        region = work[cly:cry, clx:crx][ly:ry, lx:rx]
-        paste_box = geometry.paste_box_xyxy
+        region = work[cly:cry, clx:crx]
+        if preprocess in EXTENDED_MODES:
+            # The original's crop(still=True): the border box itself; extfull pastes back over that box
+            # (paste_pic's extended_crop).  The border box is clamped to the image, so it is never empty.
+            paste_box = geometry.crop_box_xyxy
+        else:
+            # 'crop' and 'full' cut the quad bounds out of the border box.
+            region = region[ly:ry, lx:rx]
+            paste_box = geometry.paste_box_xyxy
         if region.shape[0] == 0 or region.shape[1] == 0:
             raise ImageError("the face crop is empty: the landmarks lie outside the image")
 
@@ -222,6 +245,6 @@ def landmarks_in_crop(crop: FaceCrop, landmarks: np.ndarray) -> np.ndarray:
         scale = np.array([crop.size / crop.image_size_wh[0], crop.size / crop.image_size_wh[1]])
         return (landmarks * scale).astype(np.float32)
     resize = np.array(geometry.align_rsize_wh, dtype=np.float64) / np.array(crop.image_size_wh, dtype=np.float64)
-    ox1, oy1, ox2, oy2 = geometry.paste_box_xyxy
+    ox1, oy1, ox2, oy2 = crop.region_box_xyxy
     scale = np.array([crop.size / (ox2 - ox1), crop.size / (oy2 - oy1)])
     return ((landmarks.astype(np.float64) * resize - (ox1, oy1)) * scale).astype(np.float32)

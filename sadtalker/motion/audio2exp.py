@@ -44,14 +44,15 @@ class Audio2ExpNet(nn.Module):
 def predict_expression(model: Audio2ExpNet, indiv_mels: Tensor, ref_exp: Tensor, blink_ratio: Tensor) -> Tensor:
     """Expression coefficients for every frame, computed in 10-frame chunks like upstream.
 
-    ``indiv_mels`` (T, 80, 16), ``ref_exp`` (64,) the source image's expression, ``blink_ratio`` (T,).
+    ``indiv_mels`` (T, 80, 16), ``ref_exp`` (64,) the source image's expression, or (T, 64) one reference
+    expression per frame (upstream's ``ref_eyeblink``), ``blink_ratio`` (T,).
     Returns (T, 64) float32.
     """
     num_frames = indiv_mels.shape[0]
     if indiv_mels.shape[1:] != (MEL_BINS, MEL_STEPS):
         raise ValueError(f"indiv_mels must be (T, {MEL_BINS}, {MEL_STEPS}), got {tuple(indiv_mels.shape)}")
-    if ref_exp.shape != (EXP_DIM,):
-        raise ValueError(f"ref_exp must be ({EXP_DIM},), got {tuple(ref_exp.shape)}")
+    if ref_exp.shape not in ((EXP_DIM,), (num_frames, EXP_DIM)):
+        raise ValueError(f"ref_exp must be ({EXP_DIM},) or ({num_frames}, {EXP_DIM}), got {tuple(ref_exp.shape)}")
     if blink_ratio.shape != (num_frames,):
         raise ValueError(f"blink_ratio must be ({num_frames},), got {tuple(blink_ratio.shape)}")
     chunks: list[Tensor] = []
@@ -59,7 +60,7 @@ def predict_expression(model: Audio2ExpNet, indiv_mels: Tensor, ref_exp: Tensor,
         for start in range(0, num_frames, FRAMES_PER_CHUNK):
             mels = indiv_mels[start : start + FRAMES_PER_CHUNK].unsqueeze(1)
             count = mels.shape[0]
-            ref = ref_exp.unsqueeze(0).expand(count, EXP_DIM)
+            ref = ref_exp[start : start + count] if ref_exp.ndim == 2 else ref_exp.unsqueeze(0).expand(count, EXP_DIM)
             ratio = blink_ratio[start : start + count].unsqueeze(1)
             chunks.append(model(mels, ref, ratio))
     return torch.cat(chunks, dim=0)

@@ -134,23 +134,33 @@ def predict_motion(
     blink_rng: random.Random | np.random.Generator | None = None,
     pose_noise: PoseNoise | None = None,
     generator: torch.Generator | None = None,
+    ref_expression: np.ndarray | None = None,
 ) -> MotionResult:
     """Per-frame expression + pose coefficients for one clip.
 
     Randomness is explicit: give ``blink_ratio`` (T,) or a ``blink_rng``; give ``pose_noise`` (one 64-vector per
     CVAE chunk, see ``num_pose_chunks``) or a ``generator`` to draw it from.  ``still`` disables drawn blinks.
     Seeds matching upstream's: ``blink_rng=random.Random(0)``, ``generator=torch.Generator().manual_seed(0)``.
+    ``ref_expression`` (T, 64): per-frame reference expression from a ``ref_eyeblink`` video (see
+    ``sadtalker.motion.reference``); like upstream it replaces audio2exp's reference input and zeroes the blink
+    ratio (``ratio[:num_frames] = 0``), whatever ``blink_ratio``/``blink_rng`` say.
     """
     check_pose_style(pose_style)
     num_frames = features.num_frames
     ref = _reference_coeff(source_coeff_73)
     ratio = _resolve_blink(num_frames, blink_ratio, blink_rng, still)
+    if ref_expression is not None:
+        ref_expression = np.asarray(ref_expression, dtype=np.float32)
+        if ref_expression.shape != (num_frames, EXP_DIM):
+            raise ValueError(f"ref_expression must be ({num_frames}, {EXP_DIM}), got {ref_expression.shape}")
+        ratio = np.zeros(num_frames, dtype=np.float32)
     noise = _resolve_pose_noise(num_frames, pose_noise, generator)
 
     device = next(audio2exp.parameters()).device
     mels = torch.from_numpy(np.ascontiguousarray(features.indiv_mels, dtype=np.float32)).to(device)
     ref_t = torch.from_numpy(ref).to(device)
-    expression = predict_expression(audio2exp, mels, ref_t[:EXP_DIM], torch.from_numpy(ratio).to(device))
+    ref_exp = ref_t[:EXP_DIM] if ref_expression is None else torch.from_numpy(ref_expression).to(device)
+    expression = predict_expression(audio2exp, mels, ref_exp, torch.from_numpy(ratio).to(device))
     pose = predict_pose_motion(audio2pose, mels, ref_t[EXP_DIM:], pose_style, noise.to(device))
 
     motion = pose.motion.cpu().numpy()
