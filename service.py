@@ -36,10 +36,13 @@ from starlette.responses import JSONResponse
 # Imported here, not only lazily where used: a built Bento's src/ is on sys.path only while BentoML imports this
 # module, so later lazy imports (deployment hook, request threads, worker) resolve through this package object.
 import sadtalker  # noqa: F401
+from serving import webapp  # issue 15: uploads, downloads, photo check, the page
+from serving.auth import TokenAuthMiddleware, TokenConfig  # issue 15: optional API tokens
 from serving.config import ConfigError, ServingConfig
 from serving.jobs import NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
 from serving.schema import GenerateRequest, JobStatus, Preset, SystemInfo
+from serving.uploads import is_spool_path
 from serving.validation import RequestInvalid
 
 ACCEPTED = "1"
@@ -64,6 +67,7 @@ def _reject(ctx: bentoml.Context, status: int, body: dict[str, Any], headers: di
     threads=4,
     traffic={"timeout": 120},
 )
+@bentoml.asgi_app(webapp.app, path="/")  # only its own routes match (BentoML mounts passively); see webapp.py
 class SadTalkerService:
     @bentoml.on_deployment
     def check_deployment() -> None:  # BentoML calls deployment hooks without an instance
@@ -71,6 +75,8 @@ class SadTalkerService:
         configure_logging()
         try:
             preflight(ServingConfig.from_env())
+            TokenConfig.from_env()  # issue 15: a bad token setting stops `bentoml serve` here, in one line
+            webapp.WebSettings.from_env()
         except (ConfigError, StartupError) as exc:
             # BentoMLException is printed by the CLI as one line, and `bentoml serve` exits with status 1.
             raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
@@ -79,7 +85,13 @@ class SadTalkerService:
         configure_logging()
         try:
             # The device check repeats here: the constructor also runs without `bentoml serve` (tests, in-process).
-            self.runtime = Runtime.start(ServingConfig.from_env())
+            config = ServingConfig.from_env()
+            # Issue 15: uploads are submitted like /generate, so the validator also accepts the upload spool; the
+            # worker starts after the spool cleanup hook is attached.
+            self.web = webapp.WebContext.create(config)
+            self.runtime = Runtime.start(config, validator=self.web.validator(), start_worker=False)
+            self.web.attach(self.runtime)
+            self.runtime.worker.start()
         except (ConfigError, StartupError) as exc:
             raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
 
@@ -104,6 +116,10 @@ class SadTalkerService:
         ctx: bentoml.Context,
     ) -> str:
         """Queue a talking-head render; answers `1` at once (see the module docstring for errors)."""
+        for name, raw in (("source_image", source_image), ("driven_audio", driven_audio)):
+            if is_spool_path(self.runtime.config, raw):  # issue 15: uploads of other clients are not nameable
+                return _reject(ctx, 400, {"error": f"{name}: {raw} is outside the allowed input directories",
+                                          "field": name})
         request = GenerateRequest(
             driven_audio=driven_audio,
             source_image=source_image,
@@ -144,3 +160,7 @@ class SadTalkerService:
     def system_info(self) -> SystemInfo:
         """Device, GPU name/memory, models, checkpoint directory size, queue depth."""
         return self.runtime.system_info()
+
+
+# Issue 15: optional API tokens (no-op unless SADTALKER_API_TOKENS / SADTALKER_API_TOKEN_FILE is set).
+SadTalkerService.add_asgi_middleware(TokenAuthMiddleware)

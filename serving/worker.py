@@ -151,6 +151,9 @@ class RenderWorker:
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
         self._current: JobRecord | None = None
+        # Issue 15 hook: called with the final record of every job that ended completed or failed (NOT for one
+        # requeued by shutdown); the service deletes the job's uploaded inputs here (serving/uploads.py).
+        self.on_job_finished: Callable[[JobRecord], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -262,9 +265,20 @@ class RenderWorker:
         try:
             self.update_queue_gauge()
             with job_context(job.id, job.request_id):
-                return self._render(job)
+                record = self._render(job)
+                self._job_finished(record)
+                return record
         finally:
             self._current = None
+
+    def _job_finished(self, record: JobRecord) -> None:
+        """Issue 15 hook (see `on_job_finished`); a failing hook is logged and never fails the job."""
+        if self.on_job_finished is None or record.state not in (JobState.COMPLETED, JobState.FAILED):
+            return
+        try:
+            self.on_job_finished(record)
+        except Exception:
+            log.exception("job-finished hook failed (the job itself is %s)", record.state)
 
     def _render(self, job: JobRecord) -> JobRecord:
         temp_dir = self._temp_root / job.id
