@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_service_http import Dirs, Server, launch, server_env, wait_ready
 from fake_video_pipeline import FAIL_CONTENT_MARKER
+from test_service_http import Dirs, Server, launch, server_env, wait_ready
 
 #: The pipeline factory of every server in the web tests (one place to change when the fakes move).
 FAKE_FACTORY = "tests.fake_video_pipeline:create"

@@ -73,7 +73,11 @@ function showError(field, message) {
 function wireDrop(zoneId, inputId, onFile) {
   const zone = $(zoneId);
   const input = $(inputId);
-  input.addEventListener("change", () => { if (input.files.length) onFile(input.files[0]); });
+  const picked = (file) => {
+    zone.querySelector(".hint").textContent = `${file.name} (${Math.ceil(file.size / 1024)} KiB): drop or click to change`;
+    onFile(file);
+  };
+  input.addEventListener("change", () => { if (input.files.length) picked(input.files[0]); });
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (event) => {
@@ -81,7 +85,7 @@ function wireDrop(zoneId, inputId, onFile) {
     zone.classList.remove("over");
     if (event.dataTransfer.files.length) {
       input.files = event.dataTransfer.files;
-      onFile(input.files[0]);
+      picked(input.files[0]);
     }
   });
 }
