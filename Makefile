@@ -9,7 +9,7 @@ PORT ?= 3000
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint checkpoints verify bench image clean-venv
+.PHONY: install test-deps serve test test-slow lint checkpoints verify bench image clean-venv
 
 install: $(STAMP)
 
@@ -30,7 +30,11 @@ verify: $(STAMP)
 serve: checkpoints
 	SADTALKER_CHECKPOINTS=$(CHECKPOINTS) $(VENV)/bin/bentoml serve service:SadTalkerService --host 0.0.0.0 --port $(PORT)
 
-test: $(STAMP)
+# System packages the tests need (chromium for the browser test); a no-op once installed.
+test-deps:
+	scripts/install-test-deps
+
+test: $(STAMP) test-deps
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
@@ -42,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/render.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/photo_check.py
 
 # The OCI image (docker if an engine runs, else buildah; see scripts/containerize and README "Container").
 IMAGE ?= sadtalker:latest

@@ -2,10 +2,12 @@
 
 Runs facexlib's RetinaFace (the detector the render pipeline uses, same 0.97 score threshold) on the CPU in the
 request thread, NOT through the render worker: a render holds the worker for minutes, while the page wants the
-verdict the moment a photo is picked. The image is shrunk to at most `DETECT_MAX_SIDE` pixels first, which keeps
-a 1024x1024 portrait well under the 2 s budget on a 2-core CPU (bench/photo_check.py prints the time); a face
-too small to find at that scale is too small to animate well anyway. Calls are serialised (facexlib's
-RetinaFace keeps per-call state on the module) and the detector is loaded on first use.
+verdict the moment a photo is picked; and the GPU stays the worker's alone. The image is shrunk to at most
+`DETECT_MAX_SIDE` pixels first, which keeps a 1024x1024 portrait under the 2 s budget on a 2-core CPU
+(bench/photo_check.py prints the time); a face too small to find at that scale is too small to animate well
+anyway. The render itself still detects at full resolution, so the two can disagree on borderline tiny faces.
+Calls are serialised (facexlib's RetinaFace keeps per-call state on the module); the detector (a second, CPU copy
+of RetinaFace, ~110 MB) is loaded on first use.
 
 `judge` (the verdict) is a pure function of the detections, so it is tested with injected detections.
 """
@@ -20,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-#: The detector sees the photo shrunk to this longest side (RetinaFace finds faces down to ~16 px at that scale).
-DETECT_MAX_SIDE = 640
+#: The detector sees the photo shrunk to this longest side (RetinaFace finds faces down to ~16 px at that scale, so
+#: a usable 80-px face of a 1024-px photo is still ~37 px). ~2.1 CPU-seconds for a 1024x1024 portrait, i.e. ~1 s on
+#: an idle 2-core CPU; 640 px costs ~3.4 CPU-seconds (bench/photo_check.py, with the detector's cost per pixel).
+DETECT_MAX_SIDE = 480
 #: A face's shorter box side must be at least this many photo pixels: SadTalker crops the face region and
 #: resizes it to 256 px; much smaller faces come out blurred.
 MIN_FACE_PIXELS = 80
