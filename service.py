@@ -13,15 +13,19 @@ Endpoints (all POST, JSON bodies; BentoML's /readyz, /livez and /metrics come fo
 * `/status` {request_id} -> the job (request_id, or the job id from X-SadTalker-Job-Id); 404 if unknown.
 * `/jobs` {limit?} -> most recent jobs first.
 * `/system_info` {} -> device, GPU, models, checkpoint size, queue.
+* Issue 15 (serving/webapp.py, a Starlette app mounted below): `POST /generate_upload` (multipart upload, same
+  answers as /generate plus 413), `GET /video?request_id=` (the mp4), `POST /check_photo` (faces, usable), and
+  the page at `/ui/`. With SADTALKER_API_TOKENS / SADTALKER_API_TOKEN_FILE every endpoint except /livez,
+  /readyz, /metrics and /ui needs `Authorization: Bearer <token>` (serving/auth.py).
 
 Python callers: `bentoml.SyncHTTPClient(url).generate(driven_audio=..., source_image=..., option=...)` takes
 `str` paths (it JSON-encodes arguments from the published schema with `json.dumps`, which rejects `Path`);
 `serving.client.SadTalkerClient`, a subclass of it, also takes `pathlib.Path`. In-process callers may pass
 either to `GenerateRequest`.
 
-All configuration is environment variables (see serving/config.py). The image's face is NOT detected
-at request time (that needs the GPU the render worker owns): a portrait without a face is accepted and
-its job ends `failed` with error_kind "no_face".
+All configuration is environment variables (see serving/config.py, serving/auth.py, serving/webapp.py). By
+default the image's face is NOT detected at submission: a portrait without a face is accepted and its job ends
+`failed` with error_kind "no_face" (SADTALKER_CHECK_FACE_ON_SUBMIT=1 checks it first; /check_photo on demand).
 """
 
 from __future__ import annotations
