@@ -210,6 +210,7 @@ async def receive_upload(
 ) -> SpooledUpload:
     """Stream a multipart/form-data body into a new spool directory; raises UploadRejected (directory removed)."""
     from python_multipart.multipart import MultipartParser, parse_options_header
+    from starlette.concurrency import run_in_threadpool
 
     content_type, params = parse_options_header(headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -231,7 +232,8 @@ async def receive_upload(
             total += len(chunk)
             if total > limits.max_body_bytes:
                 raise UploadRejected(413, "body", f"uploads are limited to {limits.max_body_bytes:,} bytes")
-            parser.write(chunk)
+            # In a worker thread: the callbacks write to disk, which must not stall the event loop.
+            await run_in_threadpool(parser.write, chunk)
         parser.finalize()
     except UploadRejected:
         receiver.close()

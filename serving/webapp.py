@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ class WebContext:
     checker: PhotoChecker
     janitor: SpoolJanitor
     runtime: Any = None  # serving.runtime.Runtime, attached once started
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, config: ServingConfig, settings: WebSettings | None = None) -> WebContext:

@@ -81,6 +81,14 @@ def test_upload_through_the_page_plays_the_video(page_server: tuple[Server, Dirs
             page.click("#token-save")
             page.wait_for_selector("#token-dialog", state="hidden")
 
+            # A server-side field error is shown next to its field: junk bytes named .png.
+            page.set_input_files("#source_image", str(dirs.inputs / "junk.png"))
+            page.set_input_files("#driven_audio", str(dirs.inputs / "speech.wav"))
+            page.click("#submit")
+            page.wait_for_function(
+                "document.getElementById('error-source_image').textContent.includes('cannot be used as an image')"
+            )
+
             page.set_input_files("#source_image", str(dirs.inputs / "portrait.png"))
             page.wait_for_function("document.getElementById('image-preview').naturalWidth === 320")
             page.wait_for_function(
