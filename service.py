@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse
 # module, so later lazy imports (deployment hook, request threads, worker) resolve through this package object.
 import sadtalker  # noqa: F401
 from serving import webapp  # issue 15: uploads, downloads, photo check, the page
-from serving.auth import TokenAuthMiddleware, TokenConfig  # issue 15: optional API tokens
+from serving.auth import OptionalCORSMiddleware, TokenAuthMiddleware, TokenConfig, cors_origins  # issue 15
 from serving.config import ConfigError, ServingConfig
 from serving.jobs import NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
@@ -79,7 +79,8 @@ class SadTalkerService:
         configure_logging()
         try:
             preflight(ServingConfig.from_env())
-            TokenConfig.from_env()  # issue 15: a bad token setting stops `bentoml serve` here, in one line
+            TokenConfig.from_env()  # issue 15: a bad token/CORS setting stops `bentoml serve` here, in one line
+            cors_origins()
             webapp.WebSettings.from_env()
         except (ConfigError, StartupError) as exc:
             # BentoMLException is printed by the CLI as one line, and `bentoml serve` exits with status 1.
@@ -166,5 +167,7 @@ class SadTalkerService:
         return self.runtime.system_info()
 
 
-# Issue 15: optional API tokens (no-op unless SADTALKER_API_TOKENS / SADTALKER_API_TOKEN_FILE is set).
+# Issue 15: optional CORS (SADTALKER_CORS_ORIGINS), outside optional API tokens (SADTALKER_API_TOKENS /
+# SADTALKER_API_TOKEN_FILE); both are pass-throughs when unset. Added first = outermost.
+SadTalkerService.add_asgi_middleware(OptionalCORSMiddleware)
 SadTalkerService.add_asgi_middleware(TokenAuthMiddleware)

@@ -13,8 +13,11 @@ Everything else, including the OpenAPI page and schema, answers 401 without a va
 
 Tokens are compared with `hmac.compare_digest` against every configured token (no early exit), and never logged:
 the middleware does not log, and BentoML's access log records paths and status codes, not headers.
-CORS preflight requests (OPTIONS) pass through untouched, so BentoML's own CORS setting (off unless allowed
-origins are configured) keeps working; they carry no credentials by design and reach no endpoint.
+CORS stays off unless SADTALKER_CORS_ORIGINS lists allowed origins (comma-separated, e.g.
+`https://app.example`; `*` allows any): `OptionalCORSMiddleware` then answers preflights and adds the headers.
+It sits outside the token check, because preflight requests carry no credentials by design; the actual
+cross-origin calls still need the token. (OPTIONS requests are not token-checked in any case: they reach no
+endpoint.)
 """
 
 from __future__ import annotations
@@ -141,3 +144,38 @@ class TokenAuthMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def cors_origins(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """SADTALKER_CORS_ORIGINS as a tuple (empty = CORS off)."""
+    env = os.environ if env is None else env
+    origins = tuple(
+        part.strip().rstrip("/") for part in env.get("SADTALKER_CORS_ORIGINS", "").split(",") if part.strip()
+    )
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"SADTALKER_CORS_ORIGINS: {origin!r} must look like https://host[:port] (or be *)")
+    return origins
+
+
+class OptionalCORSMiddleware:
+    """Starlette's CORSMiddleware when SADTALKER_CORS_ORIGINS is set, else a pass-through (added before the token
+    middleware, so it is the outer one)."""
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...] | None = None) -> None:
+        origins = cors_origins() if origins is None else origins
+        self.app: ASGIApp = app
+        if origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            self.app = CORSMiddleware(
+                app,  # type: ignore[arg-type]
+                allow_origins=list(origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["X-SadTalker-Job-Id", "X-SadTalker-Output", "Retry-After"],
+                max_age=600,
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

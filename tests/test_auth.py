@@ -79,3 +79,38 @@ def test_metrics_can_require_the_token_and_no_tokens_means_open() -> None:
     assert closed.get("/metrics").status_code == 401
     assert closed.get("/metrics", headers={"Authorization": f"Bearer {A}"}).status_code == 200
     assert app_with(TokenConfig()).post("/generate").status_code == 200
+
+
+def test_cors_is_off_unless_origins_are_configured() -> None:
+    from serving.auth import OptionalCORSMiddleware, cors_origins
+
+    def stack(origins: tuple[str, ...]) -> TestClient:
+        inner = app_with(TokenConfig(tokens=(A.encode(),))).app  # the token middleware around the routes
+        return TestClient(OptionalCORSMiddleware(inner, origins))
+
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    on = stack(("https://app.example",))
+    answer = on.options("/generate", headers=preflight)  # no token: preflights never carry one
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+    assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+    call = on.post("/generate", headers={"Origin": "https://app.example", "Authorization": f"Bearer {A}"})
+    assert call.status_code == 200 and call.headers["access-control-allow-origin"] == "https://app.example"
+    assert on.post("/generate", headers={"Origin": "https://app.example"}).status_code == 401  # still needs it
+    assert on.options("/generate", headers={**preflight, "Origin": "https://evil.example"}).status_code == 400
+
+    off = stack(())
+    assert (
+        "access-control-allow-origin"
+        not in off.post("/generate", headers={"Origin": "https://app.example", "Authorization": f"Bearer {A}"}).headers
+    )
+    assert cors_origins({"SADTALKER_CORS_ORIGINS": " https://a.example/, http://b:8080 "}) == (
+        "https://a.example",
+        "http://b:8080",
+    )
+    assert cors_origins({}) == ()
+    with pytest.raises(ConfigError, match="SADTALKER_CORS_ORIGINS"):
+        cors_origins({"SADTALKER_CORS_ORIGINS": "app.example"})
