@@ -26,6 +26,10 @@ instead of surfacing later as a confusing per-request failure.
   first; bounds the enhancer's cost on group photos.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
   `sadtalker.pipeline:SadTalker`, e.g. `serving.fake_pipeline:create`; checkpoints are then not verified.
+
+Issue 15 settings are read by their own modules (and checked at start-up by service.py): SADTALKER_API_TOKENS,
+SADTALKER_API_TOKEN_FILE, SADTALKER_METRICS_REQUIRE_TOKEN, SADTALKER_CORS_ORIGINS (serving/auth.py) and
+SADTALKER_CHECK_FACE_ON_SUBMIT (serving/webapp.py). Uploads use SADTALKER_MAX_IMAGE_BYTES / _AUDIO_BYTES as caps.
 """
 
 from __future__ import annotations
