@@ -29,7 +29,9 @@ DETECT_MAX_SIDE = 480
 #: A face's shorter box side must be at least this many photo pixels: SadTalker crops the face region and
 #: resizes it to 256 px; much smaller faces come out blurred.
 MIN_FACE_PIXELS = 80
-SCORE_THRESHOLD = 0.97  # sadtalker.face.detect.SCORE_THRESHOLD, the original's threshold
+#: sadtalker.face.detect.SCORE_THRESHOLD (the original's threshold), repeated so judging needs no torch import;
+#: tests/test_photo_check.py checks the two agree.
+SCORE_THRESHOLD = 0.97
 
 #: BGR uint8 (H, W, 3) -> detections (N, >=5): x1, y1, x2, y2, score, ... (RetinaFace.detect_faces' layout)
 Detect = Callable[[np.ndarray], np.ndarray]
@@ -139,10 +141,11 @@ class PhotoChecker:
 
     def _detector(self) -> Detect:
         if self._detect is None:
-            from sadtalker.face.detect import DETECTOR_FILE, load_detector
+            from sadtalker.checkpoints.files import checkpoint_paths
+            from sadtalker.face.detect import load_detector
             from sadtalker.weights import CheckpointError
 
-            path = self._checkpoint_dir / DETECTOR_FILE
+            path = checkpoint_paths(self._checkpoint_dir).face_detection
             if not path.is_file():
                 raise PhotoCheckUnavailable(f"photo check unavailable: {path} not found (set SADTALKER_CHECKPOINTS)")
             import torch

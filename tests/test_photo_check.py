@@ -96,15 +96,23 @@ def test_opt_in_face_check_on_submit_refuses_a_faceless_photo(tmp_path: Path) ->
     checker = PhotoChecker(config.checkpoint_dir, detect=lambda _image: faces[0])
 
     off = WebContext(config, WebSettings(check_face_on_submit=False), checker, None).validator()  # type: ignore[arg-type]
-    assert not isinstance(off, FaceCheckingValidator) and off.validate(request(image, audio)).source_image == image
+    assert not isinstance(off, FaceCheckingValidator) and off.validate(request(image, audio)).source_image == str(image)
 
     on = WebContext(config, WebSettings(check_face_on_submit=True), checker, None).validator()  # type: ignore[arg-type]
     with pytest.raises(RequestInvalid) as info:
         on.validate(request(image, audio))
     assert info.value.field == "source_image" and "no face found" in str(info.value)
     faces[0] = np.array([det(0, 0, 20, 20), det(20, 20, 40, 40)])  # any face passes (several are only a warning)
-    assert on.validate(request(image, audio)).source_image == image
+    assert on.validate(request(image, audio)).source_image == str(image)
     with pytest.raises(RequestInvalid, match="outside the allowed input"):  # the usual checks still come first
         on.validate(request("/etc/hostname", audio))
     assert WebSettings.from_env({"SADTALKER_CHECK_FACE_ON_SUBMIT": "1"}).check_face_on_submit
     assert not WebSettings.from_env({}).check_face_on_submit
+
+
+def test_score_threshold_is_the_pipelines() -> None:
+    """The photo check judges detections with the render pipeline's threshold (kept here without torch)."""
+    from sadtalker.face import detect
+    from serving import photo_check
+
+    assert photo_check.SCORE_THRESHOLD == detect.SCORE_THRESHOLD

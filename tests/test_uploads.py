@@ -16,8 +16,8 @@ from serving.uploads import (
     finalize,
     is_spool_path,
     receive_upload,
+    spool_only,
     spool_root,
-    with_spool_root,
 )
 
 LIMITS = UploadLimits(max_image_bytes=1000, max_audio_bytes=5000)
@@ -136,7 +136,7 @@ def test_spool_is_an_input_root_only_internally(tmp_path: Path) -> None:
 
     config = make_config(tmp_path)
     assert spool_root(config) == config.state_dir / "uploads"
-    assert with_spool_root(config).input_dirs == (*config.input_dirs, spool_root(config))
+    assert spool_only(config).input_dirs == (spool_root(config),)
     assert is_spool_path(config, str(spool_root(config) / "abc" / "source_image.png"))
     assert is_spool_path(config, str(config.input_dirs[0] / ".." / "state" / "uploads" / "x"))
     assert not is_spool_path(config, str(config.input_dirs[0] / "face.png"))
