@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_video_pipeline import FAIL_CONTENT_MARKER
+from fake_video_pipeline import FAIL_CONTENT_MARKER, NOFACE_CONTENT_MARKER
 from test_service_http import Dirs, Server, launch, server_env, wait_ready
 
 #: The pipeline factory of every server in the web tests (one place to change when the fakes move).
@@ -45,6 +45,7 @@ def web_env(dirs: Dirs, **overrides: str) -> dict[str, str]:
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Dirs]]:
     dirs = Dirs.make(tmp_path_factory.mktemp("web"))
     (dirs.inputs / "fail_upload.png").write_bytes((dirs.inputs / "face.png").read_bytes() + FAIL_CONTENT_MARKER)
+    (dirs.inputs / "noface_upload.png").write_bytes((dirs.inputs / "face.png").read_bytes() + NOFACE_CONTENT_MARKER)
     server = launch(dirs, web_env(dirs), "web")
     wait_ready(server)
     yield server, dirs
@@ -176,6 +177,68 @@ def test_upload_retry_with_same_request_id_is_one_job(web: tuple[Server, Dirs]) 
     again = upload(server, dirs, request_id="retry")  # after the job ended: still the same job, files removed
     assert again.headers["x-sadtalker-job-id"] == first.headers["x-sadtalker-job-id"]
     assert [job["request_id"] for job in jobs(server)].count("retry") == 1
+    assert wait_spool_empty(dirs) == []
+
+
+def test_resubmitted_failed_uploads_requeue_or_409_like_generate(web: tuple[Server, Dirs]) -> None:
+    server, dirs = web
+    first = upload(server, dirs, image="fail_upload.png", request_id="up-transient")
+    failed = wait_done(server, "up-transient")
+    assert (failed["state"], failed["error_kind"]) == ("failed", "render")
+    assert wait_spool_empty(dirs) == []  # a failed job ended: its files are gone
+    again = upload(server, dirs, image="fail_upload.png", request_id="up-transient")
+    assert (again.status_code, again.text) == (200, "1"), again.text
+    assert again.headers["x-sadtalker-job-id"] == first.headers["x-sadtalker-job-id"]  # the same job, queued again
+    retried = wait_done(server, "up-transient")
+    assert retried["state"] == "failed" and retried["started_at"] > failed["finished_at"], retried  # rendered again
+    assert wait_spool_empty(dirs) == []
+
+    assert upload(server, dirs, image="noface_upload.png", request_id="up-noface").text == "1"
+    assert wait_done(server, "up-noface")["error_kind"] == "no_face"
+    permanent = upload(server, dirs, image="noface_upload.png", request_id="up-noface")
+    assert permanent.status_code == 409 and permanent.json()["field"] == "request_id", permanent.text
+    assert "no_face" in permanent.json()["error"]
+    assert wait_spool_empty(dirs) == []
+
+
+def test_video_by_job_id_like_status(web: tuple[Server, Dirs]) -> None:
+    server, dirs = web
+    job_id = upload(server, dirs, request_id="by-job-id").headers["x-sadtalker-job-id"]
+    assert wait_done(server, "by-job-id")["state"] == "completed"
+    by_request = httpx.get(f"{server.url}/video", params={"request_id": "by-job-id"}, headers=AUTH, timeout=30)
+    by_job = httpx.get(f"{server.url}/video", params={"job_id": job_id}, headers=AUTH, timeout=30)
+    assert by_job.status_code == 200 and by_job.content == by_request.content
+    both = httpx.get(f"{server.url}/video", params={"job_id": job_id, "request_id": "by-job-id"}, headers=AUTH,
+                     timeout=30)
+    assert both.status_code == 400
+    # Separate namespaces, as on /status: a job id is not a request_id.
+    crossed = httpx.get(f"{server.url}/video", params={"request_id": job_id}, headers=AUTH, timeout=30)
+    assert crossed.status_code == 404
+
+
+def test_uploads_pass_the_json_body_limit_and_tokens_come_first(web: tuple[Server, Dirs]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    server, dirs = web
+    noisy = np.random.default_rng(0).integers(0, 256, (180, 180, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(dirs.inputs / "noisy.png")
+    size = (dirs.inputs / "noisy.png").stat().st_size
+    assert 64 * 1024 < size < MAX_IMAGE_BYTES  # above SADTALKER_MAX_BODY_BYTES (64 KiB), below the image cap
+    response = upload(server, dirs, image="noisy.png", request_id="big-multipart")
+    assert (response.status_code, response.text) == (200, "1")  # RequestLimits lets multipart uploads through
+    assert wait_done(server, "big-multipart")["state"] == "completed"
+    checked = httpx.post(f"{server.url}/check_photo", headers=AUTH, timeout=60,
+                         files={"source_image": ("noisy.png", (dirs.inputs / "noisy.png").read_bytes())})
+    assert checked.status_code in (200, 503)  # 503 only without detector weights; never 413/415
+    # JSON routes keep their limits, behind the token check: no token -> 401 whatever the body.
+    form = {"content": b"a=1", "headers": {"content-type": "application/x-www-form-urlencoded"}}
+    assert httpx.post(f"{server.url}/generate", timeout=30, **form).status_code == 401
+    assert httpx.post(f"{server.url}/generate", timeout=30, **{**form, "headers": {**form["headers"], **AUTH}}
+                      ).status_code == 415
+    big = {"source_image": "x" * (70 * 1024), "driven_audio": "y", "option": "crop"}
+    assert httpx.post(f"{server.url}/generate", json=big, timeout=30).status_code == 401
+    assert httpx.post(f"{server.url}/generate", json=big, headers=AUTH, timeout=30).status_code == 413
     assert wait_spool_empty(dirs) == []
 
 
