@@ -169,7 +169,7 @@ class OptionalCORSMiddleware:
             from starlette.middleware.cors import CORSMiddleware
 
             self.app = CORSMiddleware(
-                app,  # type: ignore[arg-type]
+                app,
                 allow_origins=list(origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type"],

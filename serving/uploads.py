@@ -229,7 +229,7 @@ async def receive_upload(
     upload = SpooledUpload(spool / f"incoming-{secrets.token_hex(12)}")
     upload.directory.mkdir()
     receiver = _Receiver(upload, limits)
-    parser = MultipartParser(boundary, receiver.callbacks())
+    parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]  # a plain dict of the callbacks
     total = 0
     try:
         async for chunk in body:

@@ -201,12 +201,15 @@ def create_app(context: Callable[[], WebContext]) -> Starlette:
             except json.JSONDecodeError as exc:
                 raise RequestInvalid("landmarks", f"not valid JSON ({exc.msg})") from None
             try:
-                job_request = GenerateRequest(
-                    source_image=str(upload.files["source_image"]),
-                    driven_audio=str(upload.files["driven_audio"]),
-                    option=fields.get("option", ""),
-                    request_id=request_id,
-                    landmarks=landmarks,
+                # model_validate: `option` is checked against the presets here (a bad one is a 400 naming it).
+                job_request = GenerateRequest.model_validate(
+                    {
+                        "source_image": str(upload.files["source_image"]),
+                        "driven_audio": str(upload.files["driven_audio"]),
+                        "option": fields.get("option", ""),
+                        "request_id": request_id,
+                        "landmarks": landmarks,
+                    }
                 )
             except Exception as exc:  # pydantic.ValidationError -> 400 naming the field
                 if not upload.reused:
