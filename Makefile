@@ -9,7 +9,7 @@ PORT ?= 3000
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint checkpoints verify bench image clean-venv
+.PHONY: install test-deps serve test test-slow lint checkpoints verify bench image clean-venv
 
 install: $(STAMP)
 
@@ -30,10 +30,16 @@ verify: $(STAMP)
 serve: checkpoints
 	SADTALKER_CHECKPOINTS=$(CHECKPOINTS) $(VENV)/bin/bentoml serve service:SadTalkerService --host 0.0.0.0 --port $(PORT)
 
-test: $(STAMP)
+# The ONE chain of test prerequisites, shared by `test` and `test-slow`: the venv, then what the tests need
+# beyond it, each step a no-op once done. System packages: chromium for the browser test. Further prerequisites
+# (e.g. a database server for tests) are added as more lines of this recipe, not as new chains.
+test-deps: $(STAMP)
+	scripts/install-test-deps
+
+test: test-deps
 	$(PY) -m pytest
 
-test-slow: $(STAMP)
+test-slow: test-deps
 	$(PY) -m pytest -m slow
 
 # Lint, format and types (the formatter check fails until the coordinator's one-time `ruff format` lands).
@@ -45,6 +51,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/render.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/photo_check.py
 
 # The OCI image (docker if an engine runs, else buildah; see scripts/containerize and README "Container").
 IMAGE ?= sadtalker:latest

@@ -16,15 +16,19 @@ Endpoints (all POST, JSON bodies; BentoML's /readyz, /livez and /metrics come fo
   separate namespaces: a request_id equal to some job id never finds that job.
 * `/jobs` {limit?} -> most recent jobs first.
 * `/system_info` {} -> device, GPU, models, checkpoint size, queue.
+* Issue 15 (serving/webapp.py, a Starlette app mounted below): `POST /generate_upload` (multipart upload, same
+  answers as /generate plus 413), `GET /video?request_id=` (the mp4), `POST /check_photo` (faces, usable), and
+  the page at `/ui/`. With SADTALKER_API_TOKENS / SADTALKER_API_TOKEN_FILE every endpoint except /livez,
+  /readyz, /metrics and /ui needs `Authorization: Bearer <token>` (serving/auth.py).
 
 Python callers: `bentoml.SyncHTTPClient(url).generate(driven_audio=..., source_image=..., option=...)` takes
 `str` paths (it JSON-encodes arguments from the published schema with `json.dumps`, which rejects `Path`);
 `serving.client.SadTalkerClient`, a subclass of it, also takes `pathlib.Path`. In-process callers may pass
 either to `GenerateRequest`.
 
-All configuration is environment variables (see serving/config.py). The image's face is NOT detected
-at request time (that needs the GPU the render worker owns): a portrait without a face is accepted and
-its job ends `failed` with error_kind "no_face".
+All configuration is environment variables (see serving/config.py, serving/auth.py, serving/webapp.py). By
+default the image's face is NOT detected at submission: a portrait without a face is accepted and its job ends
+`failed` with error_kind "no_face" (SADTALKER_CHECK_FACE_ON_SUBMIT=1 checks it first; /check_photo on demand).
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ from starlette.responses import JSONResponse
 # Imported here, not only lazily where used: a built Bento's src/ is on sys.path only while BentoML imports this
 # module, so later lazy imports (deployment hook, request threads, worker) resolve through this package object.
 import sadtalker  # noqa: F401
+from serving import webapp  # issue 15: uploads, downloads, photo check, the page
+from serving.auth import OptionalCORSMiddleware, TokenAuthMiddleware, TokenConfig, cors_origins  # issue 15
 from serving.config import ConfigError, ServingConfig
 from serving.http_limits import RequestLimits
 from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
 from serving.schema import GenerateRequest, JobStatus, RequestId, SystemInfo
 from serving.store import StoreFull
+from serving.uploads import is_spool_path
 from serving.validation import RequestInvalid
 
 ACCEPTED = "1"
@@ -69,6 +76,7 @@ def _reject(ctx: bentoml.Context, status: int, body: dict[str, Any], headers: di
     threads=4,
     traffic={"timeout": 120},
 )
+@bentoml.asgi_app(webapp.app, path="/")  # only its own routes match (BentoML mounts passively); see webapp.py
 class SadTalkerService:
     @bentoml.on_deployment
     def check_deployment() -> None:  # BentoML calls deployment hooks without an instance
@@ -76,6 +84,9 @@ class SadTalkerService:
         configure_logging()
         try:
             preflight(ServingConfig.from_env())
+            TokenConfig.from_env()  # issue 15: a bad token/CORS setting stops `bentoml serve` here, in one line
+            cors_origins()
+            webapp.WebSettings.from_env()
         except (ConfigError, StartupError) as exc:
             # BentoMLException is printed by the CLI as one line, and `bentoml serve` exits with status 1.
             raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
@@ -84,7 +95,19 @@ class SadTalkerService:
         configure_logging()
         try:
             # The device check repeats here: the constructor also runs without `bentoml serve` (tests, in-process).
-            self.runtime = Runtime.start(ServingConfig.from_env())
+            config = ServingConfig.from_env()
+            # Issue 15: uploads are submitted like /generate, with a validator whose only input root is the upload
+            # spool (the worker may read it too; /generate's validator never accepts it); the worker starts after
+            # the spool cleanup hook is attached.
+            self.web = webapp.WebContext.create(config)
+            self.runtime = Runtime.start(
+                config,
+                validator=self.web.validator(),
+                extra_input_roots=self.web.extra_input_roots,
+                start_worker=False,
+            )
+            self.web.attach(self.runtime)
+            self.runtime.worker.start()
         except (ConfigError, StartupError) as exc:
             raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
 
@@ -105,6 +128,11 @@ class SadTalkerService:
         whole, so a new request field is declared in serving/schema.py only.
         """
         request = GenerateRequest(**fields)
+        for name in ("source_image", "driven_audio"):
+            raw = getattr(request, name)
+            if is_spool_path(self.runtime.config, raw):  # issue 15: uploads of other clients are not nameable
+                return _reject(ctx, 400, {"error": f"{name}: {raw} is outside the allowed input directories",
+                                          "field": name})
         try:
             submission = self.runtime.jobs.submit(request)
         except RequestInvalid as exc:
@@ -147,5 +175,11 @@ class SadTalkerService:
         return self.runtime.system_info()
 
 
-# 415/413 before BentoML reads a body (see serving/http_limits.py); the limit is read like every other setting.
+# Added first = outermost. Issue 15: optional CORS (SADTALKER_CORS_ORIGINS) outside everything, so preflights and
+# error answers carry its headers; then optional API tokens (SADTALKER_API_TOKENS / SADTALKER_API_TOKEN_FILE), so a
+# caller without a token learns nothing else; both are pass-throughs when unset. Then 415/413 before BentoML reads a
+# body (serving/http_limits.py; it lets the multipart routes of serving/webapp.py through, which cap their own
+# bodies while streaming); the limit is read like every other setting.
+SadTalkerService.add_asgi_middleware(OptionalCORSMiddleware)
+SadTalkerService.add_asgi_middleware(TokenAuthMiddleware)
 SadTalkerService.add_asgi_middleware(RequestLimits, max_body_bytes=ServingConfig.max_body_bytes_from_env())

@@ -11,7 +11,14 @@ or use this subclass, which converts every `os.PathLike` argument to its string 
 `generate_and_wait` and `wait_for` ride through a server restart: while a server drains (SIGTERM) BentoML stops
 answering (requests time out, then connections are refused) until the next start is ready, and a full queue
 answers 429. They retry those (and 502/503/504) with backoff until their deadline; resubmitting is safe because
-the request_id makes `/generate` idempotent.
+the request_id makes `/generate` and `/generate_upload` idempotent.
+
+From another machine (issue 15), files are uploaded and the video downloaded; `token=` when the server has
+SADTALKER_API_TOKENS set (BentoML's client sends it as `Authorization: Bearer`):
+
+    with SadTalkerClient("http://gpu-host:3000", token="...") as client:
+        generate_and_wait(client, source_image="face.png", driven_audio="speech.wav", option="full",
+                          download_to="clip.mp4")
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class JobFailed(RuntimeError):
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.TransportError):  # refused, reset, timed out: the server is stopping or starting
         return True
+    if isinstance(exc, ServiceError):  # /generate_upload and /video answers
+        return exc.status_code in RETRYABLE_STATUS
     return isinstance(exc, BentoMLException) and int(exc.error_code) in RETRYABLE_STATUS
 
 
@@ -79,8 +88,12 @@ def generate_and_wait(
     poll_seconds: float = 2.0,
     timeout_seconds: float = 3600.0,
     on_status: Any = None,
+    download_to: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Submit one video and follow ``/status`` until it is ready; returns the final job record.
+
+    With ``download_to`` the two paths are LOCAL files: they are uploaded (``/generate_upload``) and the finished
+    video is saved there (``/video``), so this works against a remote server. Without it they are server paths.
 
     ``request_id`` defaults to a fresh one; resubmitting with the same id never renders twice, so this is safe
     to retry after a lost connection.  Raises ``JobFailed`` if the render fails, ``TimeoutError`` if it is not
@@ -89,17 +102,107 @@ def generate_and_wait(
     import secrets
 
     request_id = request_id or f"client-{secrets.token_hex(8)}"
-    answer = retry_unavailable(
-        lambda: client.generate(
-            driven_audio=_plain(driven_audio), source_image=_plain(source_image), option=option, request_id=request_id
-        ),
-        deadline=time.monotonic() + timeout_seconds,
-    )
-    if str(answer).strip() != "1":
-        raise RuntimeError(f"unexpected answer from /generate: {answer!r}")
-    return wait_for(
+    deadline = time.monotonic() + timeout_seconds
+    if download_to is not None:
+        retry_unavailable(
+            lambda: upload_files(
+                client, source_image=source_image, driven_audio=driven_audio, option=option, request_id=request_id
+            ),
+            deadline=deadline,
+        )
+    else:
+        answer = retry_unavailable(
+            lambda: client.generate(
+                driven_audio=_plain(driven_audio), source_image=_plain(source_image), option=option,
+                request_id=request_id,
+            ),
+            deadline=deadline,
+        )
+        if str(answer).strip() != "1":
+            raise RuntimeError(f"unexpected answer from /generate: {answer!r}")
+    status = wait_for(
         client, request_id, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_status=on_status
     )
+    if download_to is not None:
+        retry_unavailable(lambda: download_video(client, request_id, download_to), deadline=deadline)
+    return status
+
+
+# -- issue 15: uploads and downloads (remote clients) -------------------------------------------------------------
+
+
+class ServiceError(RuntimeError):
+    """An HTTP error answer of /generate_upload or /video; ``status_code`` and the JSON ``body`` are kept."""
+
+    def __init__(self, status_code: int, body: Any) -> None:
+        message = body.get("error") if isinstance(body, dict) else body
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.body = body
+
+
+def _raise_for(response: Any) -> None:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        raise ServiceError(response.status_code, body)
+
+
+def upload_files(
+    client: bentoml.SyncHTTPClient,
+    *,
+    source_image: str | os.PathLike[str],
+    driven_audio: str | os.PathLike[str],
+    option: str,
+    request_id: str | None = None,
+    landmarks: list[list[float]] | None = None,
+    timeout_seconds: float = 600.0,
+) -> str:
+    """Upload a local portrait and recording (``/generate_upload``); returns the job id. Raises ServiceError."""
+    import json
+    from pathlib import Path
+
+    data = {"option": option}
+    if request_id is not None:
+        data["request_id"] = request_id
+    if landmarks is not None:
+        data["landmarks"] = json.dumps(landmarks)
+    image, audio = Path(source_image), Path(driven_audio)
+    with open(image, "rb") as image_file, open(audio, "rb") as audio_file:
+        response = client.request(
+            "POST",
+            "/generate_upload",
+            data=data,
+            files={"source_image": (image.name, image_file), "driven_audio": (audio.name, audio_file)},
+            timeout=timeout_seconds,
+        )
+    _raise_for(response)
+    return str(response.headers.get("x-sadtalker-job-id", ""))
+
+
+def download_video(
+    client: bentoml.SyncHTTPClient,
+    request_id: str,
+    destination: str | os.PathLike[str],
+    *,
+    timeout_seconds: float = 600.0,
+) -> str:
+    """Save the finished mp4 of a job (``/video``) to ``destination`` (written whole, then renamed); returns it."""
+    from pathlib import Path
+
+    target = Path(destination)
+    partial = target.with_name(f".{target.name}.part")
+    with client.client.stream("GET", "/video", params={"request_id": request_id}, timeout=timeout_seconds) as answer:
+        if answer.status_code >= 400:
+            answer.read()
+        _raise_for(answer)
+        with open(partial, "wb") as sink:
+            for chunk in answer.iter_bytes():
+                sink.write(chunk)
+    os.replace(partial, target)
+    return str(target)
 
 
 def wait_for(
@@ -131,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Submit a talking-head video and wait for it")
     parser.add_argument("--url", default="http://127.0.0.1:3000")
-    parser.add_argument("--image", required=True, help="portrait path ON THE SERVER (inside SADTALKER_INPUT_DIRS)")
-    parser.add_argument("--audio", required=True, help="speech path ON THE SERVER")
+    parser.add_argument("--image", required=True, help="portrait path ON THE SERVER (local with --download-to)")
+    parser.add_argument("--audio", required=True, help="speech path ON THE SERVER (local with --download-to)")
+    parser.add_argument("--download-to", default=None, help="upload local files and save the video here")
+    parser.add_argument("--token", default=os.environ.get("SADTALKER_API_TOKEN"), help="API token (or env)")
     parser.add_argument("--option", choices=["full", "crop"], default="full")
     parser.add_argument("--request-id", default=None)
     args = parser.parse_args(argv)
@@ -140,16 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     def show(status: dict[str, Any]) -> None:
         print(f"{status['state']:>9} {status['progress']:5.1f}% {status['stage'] or ''}", flush=True)
 
-    with SadTalkerClient(args.url, timeout=60) as client:
+    with SadTalkerClient(args.url, timeout=60, token=args.token) as client:
         try:
             status = generate_and_wait(
                 client, source_image=args.image, driven_audio=args.audio, option=args.option,
-                request_id=args.request_id, on_status=show,
+                request_id=args.request_id, on_status=show, download_to=args.download_to,
             )
-        except JobFailed as exc:
+        except (JobFailed, ServiceError) as exc:
             print(f"error: {exc}")
             return 1
-    print(status["output_path"])
+    print(args.download_to or status["output_path"])
     return 0
 
 

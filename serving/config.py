@@ -30,6 +30,10 @@ instead of surfacing later as a confusing per-request failure.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
   `sadtalker.pipeline:SadTalker`, e.g. `tests.fakes:create` from the repository root; checkpoints are then
   not verified.
+
+Issue 15 settings are read by their own modules (and checked at start-up by service.py): SADTALKER_API_TOKENS,
+SADTALKER_API_TOKEN_FILE, SADTALKER_METRICS_REQUIRE_TOKEN, SADTALKER_CORS_ORIGINS (serving/auth.py) and
+SADTALKER_CHECK_FACE_ON_SUBMIT (serving/webapp.py). Uploads use SADTALKER_MAX_IMAGE_BYTES / _AUDIO_BYTES as caps.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class ServingConfig:
             state_dir=_path(env, "SADTALKER_STATE_DIR", REPO_ROOT / "state"),
             input_dirs=_paths(env, "SADTALKER_INPUT_DIRS", (REPO_ROOT / "inputs",)),
             max_queue=_int(env, "SADTALKER_MAX_QUEUE", 16, minimum=1),
-            allow_cpu=_bool(env, "SADTALKER_ALLOW_CPU", False),
+            allow_cpu=env_flag(env, "SADTALKER_ALLOW_CPU", False),
             shutdown_grace=_float(env, "SADTALKER_SHUTDOWN_GRACE", 30.0, minimum=0.0),
             max_image_bytes=_int(env, "SADTALKER_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=_int(env, "SADTALKER_MAX_IMAGE_PIXELS", 2048 * 2048, minimum=1),
@@ -212,7 +216,9 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float)
     return number
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A 1/0 (true/false, yes/no, on/off) setting; ConfigError naming it otherwise. Public: serving/auth.py and
+    serving/webapp.py read their own flags with it."""
     value = env.get(name)
     if value is None:
         return default

@@ -6,6 +6,9 @@ Our endpoints take small JSON bodies only. Before BentoML reads or parses anythi
   bodies would otherwise be accepted by BentoML's generic input handling);
 * a declared `Content-Length` above the limit gets 413 at once; a chunked body is counted while it streams
   and cut off with 413 when it passes the limit, so no oversized body is ever buffered or parsed.
+
+Every other route passes through untouched: issue 15's multipart `POST /generate_upload` and `/check_photo`
+(serving/webapp.py streams them and enforces the per-file caps itself) and the GETs `/video` and `/ui/`.
 """
 
 from __future__ import annotations

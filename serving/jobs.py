@@ -75,15 +75,16 @@ class JobService:
         # Makes "count queued, then insert" atomic across request threads, so the bound is exact.
         self._admission = threading.Lock()
 
-    def submit(self, request: GenerateRequest) -> Submission:
+    def submit(self, request: GenerateRequest, *, validator: RequestValidator | None = None) -> Submission:
         """Validate and durably queue a request.
 
-        Raises RequestInvalid, RequestConflict, QueueFull, NotAccepting or StoreFull.
+        ``validator``: instead of the service's own (uploads, issue 15: their files lie in the upload spool, an
+        input root for them only). Raises RequestInvalid, RequestConflict, QueueFull, NotAccepting or StoreFull.
         """
         if self._worker.stopping:
             raise NotAccepting("the service is shutting down; retry on another replica or after restart")
         try:
-            return self._submit(request)
+            return self._submit(request, validator or self._validator)
         except sqlite3.OperationalError as exc:
             if is_disk_full(exc):
                 log.error("cannot record a new job: the job database is not writable (%s)", exc)
@@ -93,13 +94,13 @@ class JobService:
                 ) from exc
             raise
 
-    def _submit(self, request: GenerateRequest) -> Submission:
+    def _submit(self, request: GenerateRequest, validator: RequestValidator) -> Submission:
         # Idempotency first: a retried request must get the same answer even if the queue filled up since.
         if request.request_id is not None:
             existing = self._store.get_by_request_id(request.request_id)
             if existing is not None:
                 return self._resubmission(existing, fingerprint_of(request))
-        job_request = self._validator.validate(request)
+        job_request = validator.validate(request)
         with self._admission:
             self._check_queue_bound()
             output = allocate_output_path(self._config.output_dir, is_reserved=self._store.is_output_reserved)

@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +131,14 @@ class Runtime:
         validator: RequestValidator | None = None,
         cuda_available: Callable[[], bool] | None = None,
         start_worker: bool = True,
+        extra_input_roots: Sequence[Path] = (),
     ) -> Runtime:
-        """Check the device, load the models once, open the store, recover interrupted jobs, start the worker."""
+        """Check the device, load the models once, open the store, recover interrupted jobs, start the worker.
+
+        ``extra_input_roots``: directories the worker may read inputs from besides ``config.input_dirs`` (the
+        upload spool, issue 15). Requests reach them only through a validator that allows them (`JobService.submit`
+        with the upload validator); the default validator, used by `/generate`, still refuses them.
+        """
         device = prepare(config, cuda_available=cuda_available)
         started = time.monotonic()
         if pipeline is None:
@@ -146,7 +152,7 @@ class Runtime:
             store,
             metrics,
             temp_root=config.temp_root,
-            input_roots=config.input_dirs,
+            input_roots=(*config.input_dirs, *extra_input_roots),
             output_dir=config.output_dir,
             max_attempts=config.max_attempts,
             lease_seconds=config.lease_seconds,

@@ -250,6 +250,11 @@ class RenderWorker:
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
         self._current: JobRecord | None = None
+        # Issue 15 hook: called with the final record of every job that ENDED completed or failed (written by this
+        # worker as the lease owner, or abandoned by lease recovery); NOT for a job requeued, taken back by another
+        # worker, or whose final write never landed: those render again and need their inputs. The service deletes
+        # the job's uploaded inputs here (serving/uploads.py).
+        self.on_job_finished: Callable[[JobRecord], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -277,6 +282,9 @@ class RenderWorker:
             log.warning("job=%s: its worker's lease expired (shutdown/crash/kill): queued again", job_id)
         for job_id in report.abandoned:
             log.error("job=%s was interrupted %d times: marked failed, not retried", job_id, self._max_attempts)
+            job = self._store.get(job_id)
+            if job is not None:
+                self._job_finished(job)
         return report
 
     @staticmethod
@@ -377,10 +385,22 @@ class RenderWorker:
         try:
             self.update_queue_gauge()
             with job_context(job.id, job.request_id):
-                self._render(job)
-            return self._store.get(job.id)
+                ended = self._render(job)
+                record = self._store.get(job.id)
+                if ended and record is not None:
+                    self._job_finished(record)
+            return record
         finally:
             self._current = None
+
+    def _job_finished(self, record: JobRecord) -> None:
+        """Issue 15 hook (see `on_job_finished`); a failing hook is logged and never fails the job."""
+        if self.on_job_finished is None or record.state not in (JobState.COMPLETED, JobState.FAILED):
+            return
+        try:
+            self.on_job_finished(record)
+        except Exception:
+            log.exception("job-finished hook failed (the job itself is %s)", record.state)
 
     @contextlib.contextmanager
     def _heartbeat(self, job: JobRecord, lost: threading.Event) -> Iterator[None]:
@@ -405,7 +425,9 @@ class RenderWorker:
             done.set()
             thread.join()
 
-    def _render(self, job: JobRecord) -> None:
+    def _render(self, job: JobRecord) -> bool:
+        """Render one claimed job; True if it ENDED here (completed or failed, recorded by this worker as owner),
+        False if it was requeued, taken back by another worker, or its final write never landed."""
         temp_dir = self._temp_root / job.id
         shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir(parents=True)
@@ -424,10 +446,10 @@ class RenderWorker:
             log.warning("interrupted by shutdown: queued again for the next start")
             reason = "interrupted by shutdown; waiting for restart"
             self._final_write(job, "requeue", lambda: self._store.requeue(job.id, self.owner, reason))
-            return
+            return False
         except LeaseLost:
             tracker.finish()
-            return  # the job is another worker's now: no write, and its output path is theirs
+            return False  # the job is another worker's now: no write, and its output path is theirs
         except Exception as exc:
             tracker.finish()
             kind = failure_kind(exc)
@@ -445,8 +467,7 @@ class RenderWorker:
             self._metrics.failed.labels(preset=preset, kind=kind).inc()
             self._metrics.job_seconds.labels(preset=preset, outcome="failed").observe(self._clock() - started)
             message = failure_message(exc)
-            self._final_write(job, "fail", lambda: self._store.fail(job.id, self.owner, message, kind))
-            return
+            return self._final_write(job, "fail", lambda: self._store.fail(job.id, self.owner, message, kind))
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)
             self._remove_partials(job)  # the pipeline cleans up after itself; this covers it if it did not
@@ -458,7 +479,7 @@ class RenderWorker:
         self._metrics.job_seconds.labels(preset=request.preset, outcome="completed").observe(elapsed)
         log.info("completed in %.1fs: %r", elapsed, str(job.output_path))
         # The video is in place whatever happens to this write: a bookkeeping failure never deletes it.
-        self._final_write(job, "complete", lambda: self._store.complete(job.id, self.owner))
+        return self._final_write(job, "complete", lambda: self._store.complete(job.id, self.owner))
 
     def _render_files(self, job: JobRecord, request: JobRequest, tracker: _ProgressTracker, temp_dir: Path) -> None:
         """Snapshot the inputs, run the pipeline, check its output exists."""
@@ -483,8 +504,11 @@ class RenderWorker:
             # SadTalker renders one frame per 40 ms of audio; counted only for a video actually written.
             self._metrics.frames_rendered.labels(preset=request.preset).inc(int(request.audio_seconds * FPS))
 
-    def _final_write(self, job: JobRecord, what: str, write: Callable[[], bool]) -> None:
-        """The job's last write, retried; if it never lands the lease expires and the job is rendered again."""
+    def _final_write(self, job: JobRecord, what: str, write: Callable[[], bool]) -> bool:
+        """The job's last write, retried; if it never lands the lease expires and the job is rendered again.
+
+        True if it landed on a job this worker still owned.
+        """
         try:
             owned = retry_with_backoff(write, f"{what} write", deadline_seconds=self._terminal_write_seconds)
         except Exception:
@@ -493,9 +517,10 @@ class RenderWorker:
                 what,
                 exc_info=True,
             )
-            return
+            return False
         if not owned:
             log.error("could not record the job as %s: this worker no longer owns it", what)
+        return bool(owned)
 
 
 def _describe(request: JobRequest) -> str:

@@ -50,7 +50,8 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bento_holds_the_service_and_its_code(bento: Path) -> None:
     src = bento / "src"
     for name in ("service.py", "sadtalker/pipeline.py", "sadtalker/checkpoints/checkpoint_manifest.json",
-                 "serving/jobs.py", "sadtalker/render/generator.py", "checkpoints/README.md"):
+                 "serving/jobs.py", "sadtalker/render/generator.py", "checkpoints/README.md",
+                 "serving/web/index.html", "serving/web/app.js", "serving/web/style.css"):
         assert (src / name).is_file(), name
     meta = yaml.safe_load((bento / "bento.yaml").read_text())
     assert meta["service"] == "service:SadTalkerService"

@@ -42,3 +42,21 @@ async def test_limits(anyio_backend: str) -> None:
 
         streamed = await http.post("/generate", content=chunks(), headers={"content-type": "application/json"})
         assert streamed.status_code == 413 and "limit of 1,024 bytes" in streamed.json()["error"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_upload_routes_and_gets_pass_through(anyio_backend: str) -> None:
+    """Issue 15's routes (serving/webapp.py) cap their own multipart bodies while streaming: not 415, not 413."""
+    routes = [Route(path, echo, methods=["POST"]) for path in ("/generate", "/generate_upload", "/check_photo")]
+    routes += [Route(path, echo, methods=["GET"]) for path in ("/video", "/ui/")]
+    app = RequestLimits(Starlette(routes=routes), max_body_bytes=1024)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        files = {"source_image": ("face.png", b"x" * 5000)}
+        for path in ("/generate_upload", "/check_photo"):
+            upload = await http.post(path, files=files, data={"option": "crop"})
+            assert upload.status_code == 200 and upload.json()["bytes"] > 5000, path
+        for path in ("/video", "/ui/"):
+            assert (await http.get(path, params={"request_id": "x"})).status_code == 200, path
+        refused = await http.post("/generate", files=files)  # the JSON routes still refuse multipart
+        assert refused.status_code == 415
