@@ -14,6 +14,9 @@ import numpy as np
 import soundfile
 import torch
 
+from sadtalker.checkpoints.files import FACE_DETECTION_FILE as DETECTOR_FILE
+from sadtalker.contracts import SAMPLES_PER_FRAME
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SADTALKER_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"
@@ -23,9 +26,6 @@ CROP_CASE = "crop_people0_256"
 FULL_CASE = "fullstill_full3_256"
 GOLDEN_CASES = (CROP_CASE, FULL_CASE)
 CASE_IMAGES = {CROP_CASE: "people_0.png", FULL_CASE: "full3.png"}
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
-
-DETECTOR_FILE = "detection_Resnet50_Final.pth"  # facexlib's RetinaFace file name (the published one)
 
 
 # ------------------------------------------------------------------------------------------ reference kit

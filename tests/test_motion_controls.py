@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import load_golden
+from helpers import load_golden
 
 from sadtalker import errors
 from sadtalker.audio import compute_audio_features
