@@ -27,7 +27,7 @@ def _angle_list(name: str, values: object) -> tuple[float, ...] | None:
         values = (values,)
     if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
         raise ValueError(f"{name} must be a list of angles in degrees, got {values!r}")
-    angles = tuple(values)  # type: ignore[call-overload]
+    angles = tuple(values)
     if not 1 <= len(angles) <= MAX_VIEW_ANGLES:
         raise ValueError(f"{name} must hold 1 to {MAX_VIEW_ANGLES} angles, got {len(angles)}")
     for angle in angles:

@@ -51,7 +51,7 @@ def resolve_factory(spec: str | None) -> PipelineFactory:
         factory = getattr(factory, part)
     if not callable(factory):
         raise TypeError(f"{spec} is not callable")
-    return factory  # type: ignore[return-value]
+    return factory
 
 
 def build_pipeline(config: ServingConfig, device: str) -> Pipeline:
