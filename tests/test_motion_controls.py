@@ -272,7 +272,7 @@ def test_ref_eyeblink_feeds_the_reference_expression(talker: SadTalker, motion_i
     ref_exp = torch.from_numpy(refs["ref_eyeblink"].coeff_73[[0, 1, 2, 0, 1, 2, 0, 1], :64])
     with torch.inference_mode():
         expected = torch.cat([model(mels[t : t + 1], ref_exp[t : t + 1], torch.zeros(1, 1)) for t in range(8)])
-    np.testing.assert_allclose(motion.audio2exp_exp_64, expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(motion.expression, expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(motion.coefficients[:, :64], expected.numpy(), atol=1e-5)
     # Pose is untouched: audio2pose reads the source's pose columns, which ref_eyeblink does not replace.
     np.testing.assert_array_equal(motion.coefficients[:, 64:], plain.coefficients[:, 64:])
