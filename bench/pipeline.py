@@ -51,7 +51,9 @@ def stub_generator(talker: SadTalker) -> None:
     """Make every frame a copy of the source crop (the warp/generator cost removed, everything else real)."""
     for size_models in talker.models.values():
         for renderer in size_models.renderers.values():
-            renderer.render_frames = lambda source, driving: source.image.expand(len(driving.kp_driving), -1, -1, -1)
+            renderer.render_frames = lambda source, driving, *_precision: source.image.expand(
+                len(driving.kp_driving), -1, -1, -1
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

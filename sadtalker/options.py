@@ -9,6 +9,7 @@ Preset = Literal["crop", "full"]
 Preprocess = Literal["crop", "full", "resize"]
 Enhancer = Literal["gfpgan", "none"]
 RenderSize = Literal[256, 512]
+Precision = Literal["exact", "fast"]
 
 NUM_POSE_STYLES = 46
 
@@ -20,6 +21,9 @@ class GenerateOptions:
     ``seed`` drives every random draw of a generation (eye blinks, pose noise, GFPGAN noise); ``None`` draws a
     fresh seed.  ``max_frames`` renders only the first N frames (a quick preview; motion is still computed from the
     whole audio, so they equal the first N frames of the full video); ``None`` renders all.
+    ``batch_size``: frames rendered at once; ``None`` = the device's best (1 on CPU, up to 16 on CUDA by free
+    memory; the frames are the same either way).  ``precision``: "exact" (float32) or "fast" (reduced
+    precision, measured fidelity); ``None`` = the pipeline's default (``SadTalker(precision=...)``).
     """
 
     preprocess: Preprocess = "crop"
@@ -28,9 +32,10 @@ class GenerateOptions:
     size: RenderSize = 256
     pose_style: int = 0
     expression_scale: float = 1.0
-    batch_size: int = 2
+    batch_size: int | None = None
     seed: int | None = None
     max_frames: int | None = None
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("crop", "full", "resize"):
@@ -45,7 +50,9 @@ class GenerateOptions:
             raise ValueError(f"expression_scale must be in [0, 10], got {self.expression_scale}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
-        if not 1 <= self.batch_size <= 64:
+        if self.precision is not None and self.precision not in ("exact", "fast"):
+            raise ValueError(f"precision must be 'exact' or 'fast', got {self.precision!r}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {self.batch_size}")
 
     @property

@@ -32,6 +32,7 @@ from sadtalker.media import load_audio, load_image
 from sadtalker.models import CROP_COEFFS, FULL_COEFFS, SizeModels, load_size_models
 from sadtalker.motion.coefficients import MotionResult, predict_motion
 from sadtalker.options import GenerateOptions, Preset
+from sadtalker.render.accel import Precision, check_precision, configure_inductor, default_render_batch
 from sadtalker.render.renderer import Renderer, frames_to_uint8
 from sadtalker.render.windows import RenderSemantics, build_semantics
 
@@ -91,8 +92,16 @@ class SadTalker:
         enhancer_max_faces: int | None = None,
         face_detection: bool = True,
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+        precision: Precision = "exact",
+        compile: bool = False,  # noqa: A002  (the torch.compile switch; the name callers know)
     ) -> None:
         """Load every network once.
+
+        ``precision``: default of jobs whose options leave it unset: "exact" (float32, the reference's
+        tolerances) or "fast" (bf16 on CPU / fp16 on CUDA where safe; see sadtalker.render.accel).
+        ``compile``: compile the per-frame networks (render, GFPGAN, ParseNet) for ``precision`` now, at load
+        (minutes on a CPU; kernels are cached in TORCHINDUCTOR_CACHE_DIR); jobs never compile.  The CLI and the
+        service turn it on; the library default is off so tests can build pipelines cheaply.
 
         ``enhancer_upscale`` 2 is what the original does (GFPGANer(upscale=2): enhanced videos are twice the
         rendered size); ``enhancer_max_faces`` caps the faces GFPGAN restores per frame (largest first; None =
@@ -101,6 +110,8 @@ class SadTalker:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = torch.device(device)
         self.max_audio_seconds = max_audio_seconds
+        self.precision: Precision = check_precision(precision)
+        self.compiled = compile
         started = time.perf_counter()
         self.models: dict[int, SizeModels] = {
             size: load_size_models(self.checkpoint_dir, size, self.device, (CROP_COEFFS, FULL_COEFFS))
@@ -121,11 +132,38 @@ class SadTalker:
         # librosa's first STFT compiles numba helpers: ~30 s where numba has no cache on disk (a fresh container),
         # paid here at load rather than by the first job.
         compute_audio_features(np.zeros(SAMPLE_RATE // FPS, dtype=np.float32))
+        self.compile_seconds = self._compile() if compile else 0.0
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
             self.device, self.load_seconds, sorted(self.models), enhancer, face_detection,
         )
+
+    def _compile(self) -> float:
+        """Compile every per-frame network for this instance's precision and the render batch it will use."""
+        configure_inductor()
+        started = time.perf_counter()
+        for size, models in self.models.items():
+            first: Renderer | None = None
+            for renderer in models.renderers.values():
+                if first is not None and renderer.generator is first.generator:
+                    renderer.share_compiled(first)  # crop and full renderers share the generator
+                    continue
+                first = renderer
+                renderer.compile(size, default_render_batch(self.device, size), self.precision)
+        if self.enhancer is not None:
+            self.enhancer.compile(self.precision)
+        seconds = time.perf_counter() - started
+        logger.info("compiled the per-frame networks (%s) in %.1f s", self.precision, seconds)
+        return seconds
+
+    def job_precision(self, options: GenerateOptions) -> Precision:
+        """The job's precision: its own, else this instance's default."""
+        return options.precision or self.precision
+
+    def render_batch(self, options: GenerateOptions) -> int:
+        """Frames per render batch: the job's ``batch_size``, else the device's best (1 on CPU, more on CUDA)."""
+        return options.batch_size or default_render_batch(self.device, options.size)
 
     @property
     def default_size(self) -> int:
@@ -204,7 +242,10 @@ class SadTalker:
     ) -> Iterator[np.ndarray]:
         """Rendered crops as (B, S, S, 3) uint8 batches, in order."""
         image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
-        for batch in self.renderer(options).render(image, semantics.source, semantics.target, options.batch_size):
+        renderer = self.renderer(options)
+        batches = renderer.render(image, semantics.source, semantics.target, self.render_batch(options),
+                                  precision=self.job_precision(options))
+        for batch in batches:
             yield frames_to_uint8(batch).cpu().numpy()
 
     def compose(
@@ -223,7 +264,7 @@ class SadTalker:
         if options.enhancer == "gfpgan":
             if self.enhancer is None:
                 raise InputError("the gfpgan enhancer is not loaded on this instance", field="enhancer")
-            out = self.enhancer.enhance(out, generator=generator)
+            out = self.enhancer.enhance(out, generator=generator, precision=self.job_precision(options))
         return out
 
     # -- whole job ----------------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ instead of surfacing later as a confusing per-request failure.
 * SADTALKER_SIZE (256): render size, 256 or 512 (which SadTalker_V0.0.2_<size>.safetensors is loaded).
 * SADTALKER_ENHANCER_MAX_FACES (unset = all, as the original): faces GFPGAN restores per frame, largest
   first; bounds the enhancer's cost on group photos.
+* SADTALKER_PRECISION (exact): `exact` (float32, the reference's tolerances) or `fast` (fp16 on CUDA, bf16
+  on CPU where safe; fidelity measured in README "Speed").
+* SADTALKER_COMPILE (1): compile the per-frame networks with torch.compile at start-up (minutes; jobs never
+  compile). Inductor's kernel cache goes to TORCHINDUCTOR_CACHE_DIR, by default `<state dir>/inductor`.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
   `sadtalker.pipeline:SadTalker`, e.g. `serving.fake_pipeline:create`; checkpoints are then not verified.
 """
@@ -67,6 +71,8 @@ class ServingConfig:
     render_size: int = 256
     enhancer_max_faces: int | None = None
     pipeline_factory: str | None = None
+    precision: str = "exact"
+    compile: bool = True
 
     @property
     def database_path(self) -> Path:
@@ -102,6 +108,8 @@ class ServingConfig:
             render_size=_choice(env, "SADTALKER_SIZE", 256, (256, 512)),
             enhancer_max_faces=_optional_int(env, "SADTALKER_ENHANCER_MAX_FACES", minimum=1),
             pipeline_factory=_factory(env, "SADTALKER_PIPELINE_FACTORY"),
+            precision=_word(env, "SADTALKER_PRECISION", "exact", ("exact", "fast")),
+            compile=_bool(env, "SADTALKER_COMPILE", True),
         )
         if input_dirs_set:
             # An explicit root that does not exist is a typo or a missing mount: say so now, not per request.
@@ -174,6 +182,15 @@ def _choice(env: Mapping[str, str], name: str, default: int, choices: tuple[int,
     if number not in choices:
         raise ConfigError(f"{name}={number} must be one of {', '.join(map(str, choices))}")
     return number
+
+
+def _word(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
