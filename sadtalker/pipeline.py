@@ -28,6 +28,7 @@ from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
 from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.pipeline import SourceFace, prepare_source
+from sadtalker.feeder import BackgroundFeeder
 from sadtalker.media import load_audio, load_image
 from sadtalker.models import CROP_COEFFS, FULL_COEFFS, SizeModels, load_size_models
 from sadtalker.motion.coefficients import MotionResult, predict_motion
@@ -313,10 +314,12 @@ class SadTalker:
         enhancer_noise = torch.Generator().manual_seed(seed)  # GFPGAN's decoder noise, as the original draws it
         written = 0
         with VideoWriter(output_path, audio=features.wav, num_frames=total, fps=FPS, temp_dir=temp_dir) as writer:
-            for frames in self.render_frames(face, semantics, options):
-                writer.write(self.compose(frames, image, face, options, enhancer_noise))
-                written += len(frames)
-                tracker.stage("render", written / total)
+            # The encoder is fed from a background thread: the next batch renders while ffmpeg takes this one.
+            with BackgroundFeeder(writer.write, name="encoder") as encoder:
+                for frames in self.render_frames(face, semantics, options):
+                    encoder.put(self.compose(frames, image, face, options, enhancer_noise))
+                    written += len(frames)
+                    tracker.stage("render", written / total)
         logger.info("stage render done in %.2f s", time.perf_counter() - tracker.since)
         logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)
         return output_path
