@@ -286,6 +286,8 @@ def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> 
         enhancer: FaceEnhancer = talker.enhancer  # type: ignore[assignment]
         face = torch.zeros(1, 3, 512, 512).uniform_(-1, 1)
         for precision in ("exact", "fast"):
+            if precision not in enhancer.parser._compiled or not renderer.compiled_batch_sizes(precision):
+                continue
             compiled = {
                 "render_total": lambda p=precision: renderer.render_frames(source, driving, p),
                 "gfpgan": lambda p=precision: enhancer.restore_faces([np.zeros((512, 512, 3), np.uint8)], precision=p),
@@ -351,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="exact/fast without torch.compile (eager levers only)")
+    parser.add_argument("--compile-precisions", nargs="+", choices=["exact", "fast"], default=["exact", "fast"],
+                        help="which modes get compiled graphs (compiling costs minutes per mode on a CPU)")
     parser.add_argument("--roofline-repeats", type=int, default=2, help="0 skips the per-network roofline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_inductor()
         renderers = list(talker.models[SIZE].renderers.values())
         for precision in ("exact", "fast"):
-            if precision not in args.variants:
+            if precision not in args.variants or precision not in args.compile_precisions:
                 continue
             assert talker.enhancer is not None
             steps = {
