@@ -32,8 +32,9 @@ COMPILE_ENV = "SADTALKER_COMPILE"
 
 # Upper bound of the render batch on a GPU (frames); memory bounds it further, see default_render_batch.
 MAX_GPU_RENDER_BATCH = 16
-# Peak working memory of one 256-px frame through dense motion + generator in float32 (measured on CPU with
-# torch.cuda-free accounting; the 3D hourglass dominates): ~0.9 GiB.  512 px costs 4x.
+# Working memory budgeted per 256-px frame through dense motion + generator: a conservative estimate (the live
+# float32 activations are ~0.2 GiB; cuDNN workspaces and the allocator's slack come on top), 4x at 512 px.
+# Not yet measured on a GPU: bench/speed.py --device cuda reports the peak.
 RENDER_BYTES_PER_FRAME_256 = 900 * 2**20
 
 R = TypeVar("R")
