@@ -97,8 +97,8 @@ class StaticCompiled:
     """A function compiled for the input shapes it was warmed up with; other shapes run eagerly.
 
     ``warm_up`` (at load) compiles for one set of example inputs and records their shapes; ``__call__`` uses
-    the compiled graph only for recorded shapes, so an unexpected shape costs eager speed, never a compilation
-    in the middle of a job.  Serialised by a lock: compiled graphs are not re-entrant.
+    the compiled graph only for recorded shapes (and with dynamo's ``eager_on_recompile`` stance), so an
+    unexpected input costs eager speed, never a compilation in the middle of a job.  Serialised by a lock: compiled graphs are not re-entrant.
     """
 
     def __init__(self, fn: Callable[..., R], name: str) -> None:
@@ -118,7 +118,8 @@ class StaticCompiled:
         configure_inductor()
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
-            self._compiled(*inputs)
+            # Jobs pass inference tensors (made under inference_mode); dynamo guards on that, so compile for them.
+            self._compiled(*(t.clone() for t in inputs))
             self._shapes.add(shape_key(*inputs))
         seconds = time.perf_counter() - started
         logger.info("compiled %s for %s in %.1f s", self.name, [tuple(t.shape) for t in inputs], seconds)
@@ -126,6 +127,7 @@ class StaticCompiled:
 
     def __call__(self, *inputs: torch.Tensor):  # noqa: ANN204  (returns what fn returns)
         if self.enabled and shape_key(*inputs) in self._shapes:
-            with self._lock:
+            # Should a guard still fail (another tensor kind, a changed global), run eagerly, never recompile.
+            with self._lock, torch.compiler.set_stance("eager_on_recompile"):
                 return self._compiled(*inputs)
         return self.fn(*inputs)
