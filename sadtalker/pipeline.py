@@ -113,6 +113,7 @@ class SadTalker:
         self.max_audio_seconds = max_audio_seconds
         self.precision: Precision = check_precision(precision)
         self.compiled = compile
+        self._render_batches: dict[int, int] = {}  # default frames per render batch, per size (fixed once)
         started = time.perf_counter()
         self.models: dict[int, SizeModels] = {
             size: load_size_models(self.checkpoint_dir, size, self.device, (CROP_COEFFS, FULL_COEFFS))
@@ -145,13 +146,15 @@ class SadTalker:
         configure_inductor()
         started = time.perf_counter()
         for size, models in self.models.items():
+            # Fixed now: free memory shrinks once graphs are built, and jobs must use the compiled batch.
+            self._render_batches[size] = default_render_batch(self.device, size)
             first: Renderer | None = None
             for renderer in models.renderers.values():
                 if first is not None and renderer.generator is first.generator:
                     renderer.share_compiled(first)  # crop and full renderers share the generator
                     continue
                 first = renderer
-                renderer.compile(size, default_render_batch(self.device, size), self.precision)
+                renderer.compile(size, self._render_batches[size], self.precision)
         if self.enhancer is not None:
             self.enhancer.compile(self.precision)
         seconds = time.perf_counter() - started
@@ -164,7 +167,11 @@ class SadTalker:
 
     def render_batch(self, options: GenerateOptions) -> int:
         """Frames per render batch: the job's ``batch_size``, else the device's best (1 on CPU, more on CUDA)."""
-        return options.batch_size or default_render_batch(self.device, options.size)
+        if options.batch_size:
+            return options.batch_size
+        if options.size not in self._render_batches:
+            self._render_batches[options.size] = default_render_batch(self.device, options.size)
+        return self._render_batches[options.size]
 
     @property
     def default_size(self) -> int:

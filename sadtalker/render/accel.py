@@ -98,7 +98,8 @@ class StaticCompiled:
 
     ``warm_up`` (at load) compiles for one set of example inputs and records their shapes; ``__call__`` uses
     the compiled graph only for recorded shapes (and with dynamo's ``eager_on_recompile`` stance), so an
-    unexpected input costs eager speed, never a compilation in the middle of a job.  Serialised by a lock: compiled graphs are not re-entrant.
+    unexpected input costs eager speed, never a compilation in the middle of a job.  Serialised by a lock:
+    compiled graphs are not re-entrant.
     """
 
     def __init__(self, fn: Callable[..., R], name: str) -> None:
