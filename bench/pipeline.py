@@ -51,7 +51,9 @@ def stub_generator(talker: SadTalker) -> None:
     """Make every frame a copy of the source crop (the warp/generator cost removed, everything else real)."""
     for size_models in talker.models.values():
         for renderer in size_models.renderers.values():
-            renderer.render_frames = lambda source, driving: source.image.expand(len(driving.kp_driving), -1, -1, -1)
+            renderer.render_frames = lambda source, driving, *_precision: source.image.expand(
+                len(driving.kp_driving), -1, -1, -1
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=["crop", "full"], default="crop")
     parser.add_argument("--enhancer", choices=["gfpgan", "none"], default=None, help="override the preset's")
     parser.add_argument("--max-frames", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the device's (1 on CPU)")
     parser.add_argument("--stub-render", action="store_true")
+    parser.add_argument("--precision", choices=["exact", "fast"], default="exact")
+    parser.add_argument("--compile", action="store_true", help="compile the per-frame networks at load")
     parser.add_argument("--image", type=Path, default=GOLDEN / "people_0.png")
     parser.add_argument("--landmarks", type=Path, default=None, help=".npy (68, 2); default: the golden case's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -73,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with np.load(GOLDEN / "inputs.npz") as inputs:
             landmarks = inputs["lm68_orig"]
-    overrides = {"batch_size": args.batch_size, "max_frames": args.max_frames, "seed": 0}
+    overrides = {"batch_size": args.batch_size, "max_frames": args.max_frames, "seed": 0,
+                 "precision": args.precision}
     if args.enhancer:
         overrides["enhancer"] = args.enhancer
     options = GenerateOptions.preset(args.preset, **overrides)
 
     started = time.perf_counter()
-    talker = SadTalker(args.checkpoints, args.device, enhancer=options.enhancer == "gfpgan", enhancer_max_faces=1)
+    talker = SadTalker(args.checkpoints, args.device, enhancer=options.enhancer == "gfpgan", enhancer_max_faces=1,
+                       precision=args.precision, compile=args.compile)
     load_s = time.perf_counter() - started
     if args.stub_render:
         stub_generator(talker)

@@ -4,6 +4,7 @@
         [--preprocess crop|full|resize|extcrop|extfull] [--still] [--enhancer gfpgan|none] [--size 256|512]
         [--pose_style N] [--expression_scale X] [--batch_size N] [--seed N] [--landmarks FILE] [--cpu]
         [--ref_eyeblink VIDEO] [--ref_pose VIDEO] [--input_yaw DEG [DEG ...]] [--input_pitch ...] [--input_roll ...]
+        [--precision exact|fast] [--no_compile]
 
 The video is written to ``<result_dir>/<YYYYmmdd-HHMMSS>_<8 hex>.mp4`` and its path printed on stdout.
 """
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"head {axis} in degrees: one value = constant, several = interpolated over the clip")
     parser.add_argument("--landmarks", default=None, help="68 face landmarks (.npy/.json/.txt) to skip detection")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    parser.add_argument("--precision", choices=["exact", "fast"], default="exact",
+                        help="exact: float32 (default); fast: bf16 on CPU / fp16 on CUDA where safe")
+    parser.add_argument("--no_compile", action="store_true",
+                        help="skip compiling the networks at start-up (default: compile unless SADTALKER_COMPILE=0)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sadtalker.naming import allocate_output_path
     from sadtalker.pipeline import SadTalker
+    from sadtalker.render.accel import compile_from_env
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     result_dir = Path(args.result_dir)
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes=(options.size,),
             enhancer=options.enhancer == "gfpgan",
             face_detection=landmarks is None,
+            precision=args.precision,
+            compile=not args.no_compile and compile_from_env(default=True),
         )
         output = allocate_output_path(result_dir)
         with tqdm(total=100, unit="%", desc="generate") as bar:

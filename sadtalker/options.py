@@ -12,6 +12,7 @@ from sadtalker.contracts import PREPROCESS_MODES, Preprocess, coeff_count
 Preset = Literal["crop", "full"]
 Enhancer = Literal["gfpgan", "none"]
 RenderSize = Literal[256, 512]
+Precision = Literal["exact", "fast"]
 
 NUM_POSE_STYLES = 46
 # Free-view angles beyond a half turn are meaningless for a face; the original does not limit them.
@@ -64,6 +65,10 @@ class GenerateOptions:
       one value holds for the whole clip, several are interpolated across it;
     - ``preprocess`` ``extcrop`` / ``extfull``: the larger border crop around the face (``extfull`` pastes it
       back into the photo).
+
+    ``batch_size``: frames rendered at once; ``None`` = the device's best (1 on CPU, up to 16 on CUDA by free
+    memory; the frames are the same either way).  ``precision``: "exact" (float32) or "fast" (reduced
+    precision, measured fidelity); ``None`` = the pipeline's default (``SadTalker(precision=...)``).
     """
 
     preprocess: Preprocess = "crop"
@@ -72,7 +77,7 @@ class GenerateOptions:
     size: RenderSize = 256
     pose_style: int = 0
     expression_scale: float = 1.0
-    batch_size: int = 2
+    batch_size: int | None = None
     seed: int | None = None
     max_frames: int | None = None
     ref_eyeblink: Path | None = None
@@ -80,6 +85,7 @@ class GenerateOptions:
     input_yaw: tuple[float, ...] | None = None
     input_pitch: tuple[float, ...] | None = None
     input_roll: tuple[float, ...] | None = None
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
@@ -99,7 +105,9 @@ class GenerateOptions:
             raise ValueError(f"expression_scale must be in [0, 10], got {self.expression_scale}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
-        if not 1 <= self.batch_size <= 64:
+        if self.precision is not None and self.precision not in ("exact", "fast"):
+            raise ValueError(f"precision must be 'exact' or 'fast', got {self.precision!r}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {self.batch_size}")
 
     @property

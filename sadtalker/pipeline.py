@@ -30,12 +30,14 @@ from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.reference import ReferenceVideo, reference_coefficients
 from sadtalker.face.source import SourceFace, prepare_source
+from sadtalker.feeder import BackgroundFeeder
 from sadtalker.media import load_audio, load_image
 from sadtalker.models import SizeModels, load_size_models
 from sadtalker.motion.coefficients import MotionResult, predict_motion
 from sadtalker.motion.freeview import pose_override
 from sadtalker.motion.reference import apply_reference_pose, reference_expression
 from sadtalker.options import GenerateOptions, Preset
+from sadtalker.render.accel import Precision, check_precision, configure_inductor, default_render_batch
 from sadtalker.render.renderer import PoseOverride, Renderer, frames_to_uint8
 from sadtalker.render.windows import RenderSemantics, build_semantics
 
@@ -92,8 +94,16 @@ class SadTalker:
         enhancer_max_faces: int | None = None,
         face_detection: bool = True,
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+        precision: Precision = "exact",
+        compile: bool = False,  # noqa: A002  (the torch.compile switch; the name callers know)
     ) -> None:
         """Load every network once.
+
+        ``precision``: default of jobs whose options leave it unset: "exact" (float32, the reference's
+        tolerances) or "fast" (bf16 on CPU / fp16 on CUDA where safe; see sadtalker.render.accel).
+        ``compile``: compile the per-frame networks (render, GFPGAN, ParseNet) for ``precision`` now, at load
+        (minutes on a CPU; kernels are cached in TORCHINDUCTOR_CACHE_DIR); jobs never compile.  The CLI and the
+        service turn it on; the library default is off so tests can build pipelines cheaply.
 
         ``enhancer_upscale`` 2 is what the original does (GFPGANer(upscale=2): enhanced videos are twice the
         rendered size); ``enhancer_max_faces`` caps the faces GFPGAN restores per frame (largest first; None =
@@ -102,6 +112,9 @@ class SadTalker:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = torch.device(device)
         self.max_audio_seconds = max_audio_seconds
+        self.precision: Precision = check_precision(precision)
+        self.compiled = compile
+        self._render_batches: dict[int, int] = {}  # default frames per render batch, per size (fixed once)
         started = time.perf_counter()
         self.models: dict[int, SizeModels] = {
             size: load_size_models(self.checkpoint_dir, size, self.device, (CROP_COEFFS, FULL_COEFFS))
@@ -122,11 +135,44 @@ class SadTalker:
         # librosa's first STFT compiles numba helpers: ~30 s where numba has no cache on disk (a fresh container),
         # paid here at load rather than by the first job.
         compute_audio_features(np.zeros(SAMPLES_PER_FRAME, dtype=np.float32))
+        self.compile_seconds = self._compile() if compile else 0.0
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
             self.device, self.load_seconds, sorted(self.models), enhancer, face_detection,
         )
+
+    def _compile(self) -> float:
+        """Compile every per-frame network for this instance's precision and the render batch it will use."""
+        configure_inductor()
+        started = time.perf_counter()
+        for size, models in self.models.items():
+            # Fixed now: free memory shrinks once graphs are built, and jobs must use the compiled batch.
+            self._render_batches[size] = default_render_batch(self.device, size)
+            first: Renderer | None = None
+            for renderer in models.renderers.values():
+                if first is not None and renderer.generator is first.generator:
+                    renderer.share_compiled(first)  # crop and full renderers share the generator
+                    continue
+                first = renderer
+                renderer.compile(size, self._render_batches[size], self.precision)
+        if self.enhancer is not None:
+            self.enhancer.compile(self.precision)
+        seconds = time.perf_counter() - started
+        logger.info("compiled the per-frame networks (%s) in %.1f s", self.precision, seconds)
+        return seconds
+
+    def job_precision(self, options: GenerateOptions) -> Precision:
+        """The job's precision: its own, else this instance's default."""
+        return options.precision or self.precision
+
+    def render_batch(self, options: GenerateOptions) -> int:
+        """Frames per render batch: the job's ``batch_size``, else the device's best (1 on CPU, more on CUDA)."""
+        if options.batch_size:
+            return options.batch_size
+        if options.size not in self._render_batches:
+            self._render_batches[options.size] = default_render_batch(self.device, options.size)
+        return self._render_batches[options.size]
 
     @property
     def default_size(self) -> int:
@@ -258,9 +304,12 @@ class SadTalker:
     ) -> Iterator[np.ndarray]:
         """Rendered crops as (B, S, S, 3) uint8 batches, in order; ``angles`` replace the predicted head angles."""
         image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
-        for batch in self.renderer(options).render(
-            image, semantics.source, semantics.target, options.batch_size, pose_override=angles
-        ):
+        renderer = self.renderer(options)
+        batches = renderer.render(
+            image, semantics.source, semantics.target, self.render_batch(options),
+            precision=self.job_precision(options), pose_override=angles,
+        )
+        for batch in batches:
             yield frames_to_uint8(batch).cpu().numpy()
 
     def compose(
@@ -279,7 +328,7 @@ class SadTalker:
         if options.enhancer == "gfpgan":
             if self.enhancer is None:
                 raise InputError("the gfpgan enhancer is not loaded on this instance", field="enhancer")
-            out = self.enhancer.enhance(out, generator=generator)
+            out = self.enhancer.enhance(out, generator=generator, precision=self.job_precision(options))
         return out
 
     # -- whole job ----------------------------------------------------------------------------------------------
@@ -336,10 +385,12 @@ class SadTalker:
         enhancer_noise = torch.Generator().manual_seed(seed)  # GFPGAN's decoder noise, as the original draws it
         written = 0
         with VideoWriter(output_path, audio=features.wav, num_frames=total, fps=FPS, temp_dir=temp_dir) as writer:
-            for frames in self.render_frames(face, semantics, options, angles):
-                writer.write(self.compose(frames, image, face, options, enhancer_noise))
-                written += len(frames)
-                tracker.stage("render", written / total)
+            # The encoder is fed from a background thread: the next batch renders while ffmpeg takes this one.
+            with BackgroundFeeder(writer.write, name="encoder") as encoder:
+                for frames in self.render_frames(face, semantics, options, angles):
+                    encoder.put(self.compose(frames, image, face, options, enhancer_noise))
+                    written += len(frames)
+                    tracker.stage("render", written / total)
         logger.info("stage render done in %.2f s", time.perf_counter() - tracker.since)
         logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)
         return output_path

@@ -27,6 +27,10 @@ instead of surfacing later as a confusing per-request failure.
 * SADTALKER_LEASE_SECONDS (30): a running job's lease; its worker renews it every third of that. A job whose
   worker died is taken back (requeued) once its lease expires, by this or any server on the state directory.
 * SADTALKER_MAX_BODY_BYTES (65536): largest JSON request body; larger ones get 413 before being parsed.
+* SADTALKER_PRECISION (exact): `exact` (float32, the reference's tolerances) or `fast` (fp16 on CUDA, bf16
+  on CPU where safe; fidelity measured in README "Speed").
+* SADTALKER_COMPILE (1): compile the per-frame networks with torch.compile at start-up (minutes; jobs never
+  compile). Inductor's kernel cache goes to TORCHINDUCTOR_CACHE_DIR, by default `<state dir>/inductor`.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
   `sadtalker.pipeline:SadTalker`, e.g. `tests.fakes:create` from the repository root; checkpoints are then
   not verified.
@@ -78,6 +82,8 @@ class ServingConfig:
     pipeline_factory: str | None = None
     lease_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
+    precision: str = "exact"
+    compile: bool = True
 
     @property
     def database_path(self) -> Path:
@@ -115,6 +121,8 @@ class ServingConfig:
             pipeline_factory=_factory(env, "SADTALKER_PIPELINE_FACTORY"),
             lease_seconds=_float(env, "SADTALKER_LEASE_SECONDS", 30.0, minimum=1.0),
             max_body_bytes=_int(env, "SADTALKER_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            precision=_word(env, "SADTALKER_PRECISION", "exact", ("exact", "fast")),
+            compile=env_flag(env, "SADTALKER_COMPILE", True),
         )
         if input_dirs_set:
             # An explicit root that does not exist is a typo or a missing mount: say so now, not per request.
@@ -195,6 +203,15 @@ def _choice(env: Mapping[str, str], name: str, default: int, choices: tuple[int,
     if number not in choices:
         raise ConfigError(f"{name}={number} must be one of {', '.join(map(str, choices))}")
     return number
+
+
+def _word(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:

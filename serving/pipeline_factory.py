@@ -9,6 +9,7 @@ without minutes of CPU rendering.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +39,8 @@ class Pipeline(Protocol):
 
 
 PipelineFactory = Callable[..., Pipeline]
-"""Called as ``factory(checkpoint_dir, device, sizes=..., enhancer_max_faces=..., max_audio_seconds=...)``."""
+"""Called as ``factory(checkpoint_dir, device, sizes=..., enhancer_max_faces=..., max_audio_seconds=..., precision=...,
+compile=...)``."""
 
 
 def resolve_factory(spec: str | None) -> PipelineFactory:
@@ -57,10 +59,14 @@ def resolve_factory(spec: str | None) -> PipelineFactory:
 def build_pipeline(config: ServingConfig, device: str) -> Pipeline:
     """Load every model once (the expensive part of start-up)."""
     factory = resolve_factory(config.pipeline_factory)
+    # Compiled kernels persist on the state volume, so a restart reloads them instead of recompiling.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.state_dir / "inductor"))
     return factory(
         config.checkpoint_dir,
         device,
         sizes=(config.render_size,),
         enhancer_max_faces=config.enhancer_max_faces,
         max_audio_seconds=config.max_audio_seconds,
+        precision=config.precision,
+        compile=config.compile,
     )

@@ -224,4 +224,6 @@ class Runtime:
             accepting=not self.worker.stopping,
             uptime_seconds=time.time() - self.started_at,
             versions={"torch": torch.__version__, "bentoml": bentoml.__version__},
+            precision=self.config.precision,
+            compiled=self.config.compile and not self.config.uses_dev_pipeline,
         )

@@ -156,3 +156,5 @@ class SystemInfo(BaseModel):
     accepting: bool
     uptime_seconds: float
     versions: dict[str, str]
+    precision: str = "exact"  # SADTALKER_PRECISION: default precision of jobs
+    compiled: bool = False  # SADTALKER_COMPILE: per-frame networks compiled at start-up

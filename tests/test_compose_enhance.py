@@ -219,16 +219,16 @@ def test_matches_gfpganer_with_the_real_architecture(
 def test_restore_batches_are_invisible(enhancer: FaceEnhancer) -> None:
     """2 faces in batches of 1 == 2 faces in one batch (noise is drawn face by face)."""
     net = _narrow_gfpgan(seed=3)
-    original_net, original_batch = enhancer.gfpgan, enhancer.batch_size
+    original_net, original_batch = enhancer.gfpgan, enhancer.face_batch
     crops = [np.random.default_rng(i).integers(0, 256, (512, 512, 3), np.uint8) for i in range(2)]
     try:
         enhancer.gfpgan = net
-        enhancer.batch_size = 1
+        enhancer.face_batch = 1
         split = enhancer.restore_faces(crops, generator=torch.Generator().manual_seed(9))
-        enhancer.batch_size = 2
+        enhancer.face_batch = 2
         whole = enhancer.restore_faces(crops, generator=torch.Generator().manual_seed(9))
     finally:
-        enhancer.gfpgan, enhancer.batch_size = original_net, original_batch
+        enhancer.gfpgan, enhancer.face_batch = original_net, original_batch
     for a, b in zip(split, whole, strict=True):
         assert a.shape == (512, 512, 3) and a.dtype == np.uint8
         assert np.abs(a.astype(np.int16) - b).max() <= 1

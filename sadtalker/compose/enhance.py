@@ -22,6 +22,7 @@ When no face is found a frame comes back unchanged (with ``upscale=1``), as with
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from torchvision.transforms.functional import normalize
 from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
 from sadtalker.errors import RenderError
 from sadtalker.face.detect import load_detector
+from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
 from sadtalker.weights import CheckpointError, load_strict, read_torch
 
 FACE_SIZE = 512
@@ -70,8 +72,10 @@ class FaceEnhancer:
         batch_size: int = 4,
         max_faces: int | None = None,
         detector: RetinaFace | None = None,
+        face_batch: int | None = None,
     ) -> None:
-        """``batch_size``: faces per GFPGAN batch (and frames per detection chunk).
+        """``batch_size``: frames per chunk (their faces go to GFPGAN together, ``face_batch`` at a time;
+        default 1 on CPU, where batching faces gains nothing, and ``batch_size`` on CUDA).
 
         ``max_faces``: restore at most this many faces per frame, the largest first (None = all, as
         GFPGANer). With random (synthetic) weights RetinaFace "finds" hundreds of faces per frame, each costing a
@@ -89,12 +93,39 @@ class FaceEnhancer:
         self.device = torch.device(device)
         self.upscale = upscale
         self.batch_size = max(1, batch_size)
+        self.face_batch = max(1, face_batch or (self.batch_size if self.device.type == "cuda" else 1))
         self.max_faces = max_faces
         self.gfpgan = load_gfpgan(paths.gfpgan, self.device)
         if detector is None:
             detector = load_detector(paths.face_detection, self.device)
-        self.helper = _RestoreHelper(detector, load_parser(paths.face_parsing, self.device), upscale, self.device)
+        self.parser = _MaskParser(load_parser(paths.face_parsing, self.device), self.device)
+        self.helper = _RestoreHelper(detector, self.parser, upscale, self.device)
+        self._gfpgan_compiled: dict[Precision, StaticCompiled] = {}
         self._lock = threading.Lock()
+
+    def compile(self, precision: Precision = "exact") -> float:
+        """Compile GFPGAN (``face_batch`` faces) and ParseNet (one face) for ``precision`` at load; returns the
+        seconds it took.  Other batch shapes run eagerly."""
+        check_precision(precision)
+        started = time.perf_counter()
+        faces = torch.zeros(self.face_batch, 3, FACE_SIZE, FACE_SIZE, device=self.device)
+        noise = _padded_noise(_stored_noise(self.gfpgan), self.face_batch)
+        fn = self._gfpgan_fn(precision, compiled=False)
+        compiled = self._gfpgan_compiled.setdefault(precision, StaticCompiled(fn, f"GFPGAN {precision}"))
+        compiled.warm_up(faces, *noise)
+        self.parser.compile(precision)
+        return time.perf_counter() - started
+
+    def _gfpgan_fn(self, precision: Precision, compiled: bool = True):
+        if compiled and precision in self._gfpgan_compiled:
+            return self._gfpgan_compiled[precision]
+        net, device = self.gfpgan, self.device
+
+        def restore(faces: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+            with autocast(device, precision):
+                return gfpgan_forward(net, faces, list(noise)).float()
+
+        return restore
 
     # --------------------------------------------------------------------------------------------- public
 
@@ -104,43 +135,57 @@ class FaceEnhancer:
         *,
         generator: torch.Generator | None = None,
         landmarks: Sequence[Sequence[np.ndarray]] | None = None,
+        precision: Precision = "exact",
     ) -> np.ndarray:
         """Restore the faces of RGB uint8 frames ``(T, H, W, 3)``; returns ``(T, H*upscale, W*upscale, 3)``.
 
         ``generator``: source of the decoder noise (see the module doc); None = the checkpoint's fixed noise.
         ``landmarks``: per frame, a list of (5, 2) face landmarks (eyes, nose, mouth corners; pixels) to use
         instead of running the detector (tests inject faces that random weights cannot detect).
+        ``precision``: "exact" or "fast" (GFPGAN and ParseNet in reduced precision).
         """
+        check_precision(precision)
         frames = list(frames)
         if landmarks is not None and len(landmarks) != len(frames):
             raise ValueError(f"{len(landmarks)} landmark lists for {len(frames)} frames")
         out: list[np.ndarray] = []
         with self._lock, torch.inference_mode():
+            self.parser.precision = precision
             for start in range(0, len(frames), self.batch_size):
                 chunk = frames[start : start + self.batch_size]
                 chunk_landmarks = None if landmarks is None else landmarks[start : start + self.batch_size]
-                out.extend(self._enhance_chunk(chunk, chunk_landmarks, generator))
+                out.extend(self._enhance_chunk(chunk, chunk_landmarks, generator, precision))
         if not out:
             return np.zeros((0, 0, 0, 3), np.uint8)
         return np.stack(out)
 
     def restore_faces(
-        self, crops: Sequence[np.ndarray], *, generator: torch.Generator | None = None
+        self, crops: Sequence[np.ndarray], *, generator: torch.Generator | None = None,
+        precision: Precision = "exact",
     ) -> list[np.ndarray]:
-        """GFPGAN on aligned 512x512 BGR uint8 faces, ``batch_size`` at a time; returns restored BGR uint8 faces.
+        """GFPGAN on aligned 512x512 BGR uint8 faces, ``face_batch`` at a time; returns restored BGR uint8 faces.
 
         Pre/post-processing is GFPGANer's: ``img2tensor(face / 255)``, normalise to [-1, 1], and
         ``tensor2img(min_max=(-1, 1))`` (clamp, rescale, round).
         """
         restored: list[np.ndarray] = []
-        # Sub-batches of at most batch_size faces; noise is drawn per face in order, so the split is invisible.
-        for start in range(0, len(crops), self.batch_size):
-            part = crops[start : start + self.batch_size]
+        restore = self._gfpgan_fn(precision)
+        # Sub-batches of at most face_batch faces; noise is drawn per face in order, so the split is invisible.
+        # A short last batch is padded to face_batch (a compiled shape) and the padding dropped.
+        for start in range(0, len(crops), self.face_batch):
+            part = crops[start : start + self.face_batch]
             batch = torch.stack([self._to_tensor(crop) for crop in part]).to(self.device)
-            noise = None if generator is None else decoder_noise(self.gfpgan, len(part), generator)
+            if generator is None:
+                noise = _stored_noise(self.gfpgan)
+            else:
+                noise = decoder_noise(self.gfpgan, len(part), generator)
+            size = self.face_batch if isinstance(restore, StaticCompiled) else len(part)
+            if size > len(part):
+                batch = torch.cat([batch, batch[-1:].expand(size - len(part), -1, -1, -1)])
+            noise = _padded_noise(noise, size)
             with torch.inference_mode():
                 try:
-                    faces = gfpgan_forward(self.gfpgan, batch, noise)
+                    faces = restore(batch, *noise)[: len(part)]
                 except RuntimeError as exc:  # e.g. out of memory
                     raise RenderError(f"GFPGAN failed on a batch of {len(part)} faces: {exc}") from exc
             restored.extend(tensor2img(face, rgb2bgr=True, min_max=(-1, 1)).astype(np.uint8) for face in faces)
@@ -153,10 +198,12 @@ class FaceEnhancer:
         frames: list[np.ndarray],
         landmarks: Sequence[Sequence[np.ndarray]] | None,
         generator: torch.Generator | None,
+        precision: Precision,
     ) -> list[np.ndarray]:
         aligned = [self._align(frame, None if landmarks is None else landmarks[i]) for i, frame in enumerate(frames)]
         # The faces of the whole chunk go to GFPGAN together, in frame order (GFPGANer's noise draw order).
-        restored = self.restore_faces([crop for frame in aligned for crop in frame.crops], generator=generator)
+        restored = self.restore_faces([crop for frame in aligned for crop in frame.crops], generator=generator,
+                                      precision=precision)
         out = []
         for frame in aligned:
             faces, restored = restored[: len(frame.crops)], restored[len(frame.crops) :]
@@ -227,6 +274,23 @@ def decoder_noise(net: GFPGANv1Clean, count: int, generator: torch.Generator) ->
     return [torch.cat([face[layer] for face in per_face]).to(device) for layer in range(len(shapes))]
 
 
+def _stored_noise(net: GFPGANv1Clean) -> list[torch.Tensor]:
+    """The checkpoint's fixed decoder noise maps, (1, 1, h, w) per layer (what ``randomize_noise=False`` uses)."""
+    decoder = net.stylegan_decoder
+    return [getattr(decoder.noises, f"noise{i}") for i in range(decoder.num_layers)]
+
+
+def _padded_noise(noise: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """Each layer's noise as exactly ``count`` maps: a shared (1, ...) map is expanded, per-face maps padded with
+    copies of the last one (padding faces are dropped after the forward pass)."""
+    out = []
+    for layer in noise:
+        if layer.shape[0] < count:
+            layer = torch.cat([layer, layer[-1:].expand(count - layer.shape[0], -1, -1, -1)])
+        out.append(layer.contiguous())
+    return out
+
+
 def gfpgan_forward(net: GFPGANv1Clean, faces: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.Tensor:
     """``GFPGANv1Clean.forward(faces, return_rgb=False)[0]`` with the StyleGAN decoder's noise given explicitly.
 
@@ -255,6 +319,41 @@ def gfpgan_forward(net: GFPGANv1Clean, faces: torch.Tensor, noise: list[torch.Te
     return image
 
 
+class _MaskParser:
+    """ParseNet as facexlib's paste-back calls it (``face_parse(x)[0]``), minus the work whose result is unused.
+
+    facexlib keeps only the argmax of the 19 parsing logits; ParseNet's second head (a 64 -> 3 convolution at
+    512x512, the "image" output) is computed and discarded, so we skip it: the logits are identical.  In fast
+    mode the network runs in reduced precision (the mask it feeds is blurred twice with a 101-px Gaussian).
+    """
+
+    def __init__(self, net: ParseNet, device: torch.device) -> None:
+        self.net = net
+        self.device = device
+        self.precision: Precision = "exact"
+        self._compiled: dict[Precision, StaticCompiled] = {}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        feat = net.encoder(x)
+        return net.out_mask_conv(net.decoder(feat + net.body(feat)))
+
+    def _eager(self, precision: Precision):
+        def parse(x: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, precision):
+                return self.logits(x).float()
+
+        return parse
+
+    def compile(self, precision: Precision) -> float:
+        compiled = self._compiled.setdefault(precision, StaticCompiled(self._eager(precision), f"ParseNet {precision}"))
+        return compiled.warm_up(torch.zeros(1, 3, FACE_SIZE, FACE_SIZE, device=self.device))
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        fn = self._compiled.get(self.precision) or self._eager(self.precision)
+        return (fn(x),)
+
+
 class _RestoreHelper(FaceRestoreHelper):
     """facexlib's FaceRestoreHelper in GFPGANer's configuration, with networks we loaded ourselves.
 
@@ -264,7 +363,7 @@ class _RestoreHelper(FaceRestoreHelper):
     Pinned to facexlib 0.3.0, whose methods use exactly these attributes.
     """
 
-    def __init__(self, detector: RetinaFace, parser: ParseNet, upscale: int, device: torch.device) -> None:
+    def __init__(self, detector: RetinaFace, parser: _MaskParser, upscale: int, device: torch.device) -> None:
         self.template_3points = False
         self.upscale_factor = upscale
         self.crop_ratio = (1, 1)

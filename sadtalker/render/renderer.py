@@ -20,6 +20,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
 from sadtalker.render.generator import GeneratorConfig, OcclusionAwareSPADEGenerator, SourceFeatures
 from sadtalker.render.keypoints import KPDetector, KPDetectorConfig
 from sadtalker.render.mapping import MappingConfig, MappingNet, MappingOutput
@@ -106,6 +107,8 @@ class Renderer:
         for module in (kp_detector, generator, mapping):
             module.eval().requires_grad_(False).to(self.device)
         self.coeff_nc: int = cast(nn.Conv1d, mapping.first[0]).in_channels
+        # Per precision: the per-frame network (dense motion + generator), compiled for static shapes by compile().
+        self._compiled: dict[Precision, StaticCompiled] = {}
 
     @classmethod
     def from_checkpoint(
@@ -176,10 +179,65 @@ class Renderer:
         )
         return DrivingState(pose, kp_driving)
 
+    def _animate_exact(self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor,
+                       kp_driving: torch.Tensor) -> torch.Tensor:
+        return self.generator.animate(SourceFeatures(feature_3d, motion_feature), kp_source, kp_driving)
+
+    def _animate_fast(self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor,
+                      kp_driving: torch.Tensor) -> torch.Tensor:
+        # Reduced precision for the whole per-frame network except the output, which is returned as float32.
+        with autocast(self.device, "fast"):
+            frames = self._animate_exact(feature_3d, motion_feature, kp_source, kp_driving)
+        return frames.float()
+
+    def _animate_fn(self, precision: Precision):
+        compiled = self._compiled.get(precision)
+        if compiled is not None:
+            return compiled
+        return self._animate_exact if precision == "exact" else self._animate_fast
+
+    def compile(self, size: int, batch_size: int, precision: Precision = "exact") -> float:
+        """Compile the per-frame network for ``size`` px frames in batches of ``batch_size`` (at load, never in a
+        job); returns the seconds it took.  Later calls with other shapes run eagerly."""
+        check_precision(precision)
+        fn = self._animate_exact if precision == "exact" else self._animate_fast
+        compiled = self._compiled.setdefault(precision, StaticCompiled(fn, f"render {precision}"))
+        side = size // 4
+        depth = self.generator.reshape_depth
+        motion = self.generator.dense_motion_network
+        num_kp = motion.num_kp
+        example = (
+            torch.zeros(1, self.generator.reshape_channel, depth, side, side, device=self.device),
+            torch.zeros(1, motion.compress.out_channels, depth, side, side, device=self.device),
+            torch.zeros(1, num_kp, 3, device=self.device),
+            torch.zeros(batch_size, num_kp, 3, device=self.device),
+        )
+        return compiled.warm_up(*example)
+
+    def share_compiled(self, other: Renderer) -> None:
+        """Use ``other``'s compiled graphs (both must share the generator, as the crop and full renderers do)."""
+        if other.generator is not self.generator:
+            raise ValueError("share_compiled needs renderers that share one generator")
+        self._compiled = other._compiled
+
+    def compiled_batch_sizes(self, precision: Precision) -> set[int]:
+        compiled = self._compiled.get(precision)
+        return set() if compiled is None else {key[3][0][0] for key in compiled.shapes}
+
     @torch.inference_mode()
-    def render_frames(self, source: SourceState, driving: DrivingState) -> torch.Tensor:
+    def render_frames(self, source: SourceState, driving: DrivingState, precision: Precision = "exact") -> torch.Tensor:
         """(B, 3, S, S) frames in [0, 1] for a batch of driving keypoints."""
-        return self.generator.animate(source.features, source.kp_source, driving.kp_driving)
+        kp_driving = driving.kp_driving
+        batch = kp_driving.shape[0]
+        padded = min((b for b in self.compiled_batch_sizes(precision) if b > batch), default=batch)
+        if padded > batch:
+            # The last, short batch of a clip: pad it to a compiled shape (frames are independent) and drop the
+            # extra frames, rather than run it eagerly.
+            kp_driving = torch.cat([kp_driving, kp_driving[-1:].expand(padded - batch, -1, -1)])
+        features = source.features
+        frames = self._animate_fn(precision)(features.feature_3d, features.motion_feature, source.kp_source,
+                                             kp_driving)
+        return frames[:batch]
 
     # -- whole stage -----------------------------------------------------------------------------------------------
 
@@ -191,12 +249,15 @@ class Renderer:
         batch_size: int = 2,
         *,
         pose_override: PoseOverride | None = None,
+        precision: Precision = "exact",
     ) -> Iterator[torch.Tensor]:
         """Yield the T frames of ``target_semantics`` (T, C, 27) in order, in batches of up to ``batch_size``.
 
         Source keypoints and features are computed once.  Frames are independent, so the batch size only trades
-        memory for speed.  Inference mode is entered per batch, never held across a ``yield``.
+        memory for speed.  Inference mode is entered per batch, never held across a ``yield``.  ``precision``:
+        "exact" (float32) or "fast" (reduced precision, see :mod:`sadtalker.render.accel`).
         """
+        check_precision(precision)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if target_semantics.ndim != 3:
@@ -206,4 +267,4 @@ class Renderer:
         for start in range(0, targets.shape[0], batch_size):
             frames = slice(start, start + batch_size)
             override = pose_override.select(frames, self.device) if pose_override else None
-            yield self.render_frames(source, self.drive(source, targets[frames], override))
+            yield self.render_frames(source, self.drive(source, targets[frames], override), precision)

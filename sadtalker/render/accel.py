@@ -1,0 +1,134 @@
+"""Inference speed: precision modes, static-shape compilation at load, batch sizes per device.
+
+Two precision modes, chosen per pipeline (``SadTalker(precision=...)``) or per job (``GenerateOptions``):
+
+* ``"exact"`` (default): float32 everywhere; the reference kit's tolerances hold unchanged.
+* ``"fast"``: reduced precision where its error does not show: bfloat16 on CPU, float16 on CUDA, per network
+  (see :func:`reduced_dtype`; which networks is decided by the stage that owns them).
+
+Compilation (``torch.compile``, inductor, frozen weights) is done ONCE while the models load, for the static
+shapes a job will use; :class:`StaticCompiled` then runs the compiled graph for those shapes and plain eager code
+for any other shape, so a job never triggers a compilation.  Inductor's cache lives in ``TORCHINDUCTOR_CACHE_DIR``
+(the service points it at its state volume), so a restart reloads kernels instead of recompiling them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Literal, TypeVar
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["exact", "fast"]
+PRECISIONS: tuple[Precision, ...] = ("exact", "fast")
+COMPILE_ENV = "SADTALKER_COMPILE"
+
+# Upper bound of the render batch on a GPU (frames); memory bounds it further, see default_render_batch.
+MAX_GPU_RENDER_BATCH = 16
+# Working memory budgeted per 256-px frame through dense motion + generator: a conservative estimate (the live
+# float32 activations are ~0.2 GiB; cuDNN workspaces and the allocator's slack come on top), 4x at 512 px.
+# Not yet measured on a GPU: bench/speed.py --device cuda reports the peak.
+RENDER_BYTES_PER_FRAME_256 = 900 * 2**20
+
+R = TypeVar("R")
+
+
+def check_precision(precision: str) -> Precision:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision  # type: ignore[return-value]
+
+
+def reduced_dtype(device: torch.device) -> torch.dtype:
+    """The reduced precision of fast mode: float16 on CUDA (tensor cores), bfloat16 elsewhere (AVX512-BF16/AMX)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast(device: torch.device, precision: Precision) -> AbstractContextManager:
+    """Autocast to the reduced dtype in fast mode; nothing in exact mode."""
+    if precision == "exact":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=reduced_dtype(device))
+
+
+def compile_from_env(default: bool) -> bool:
+    """``SADTALKER_COMPILE`` (1/0/true/false) or ``default`` when unset."""
+    raw = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{COMPILE_ENV}={raw!r} is not a boolean (use 1 or 0)")
+
+
+def configure_inductor() -> None:
+    """Inductor settings for inference graphs: weights frozen as constants (convolutions prepacked by oneDNN,
+    batch norms folded, activations fused into the convolutions)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+
+
+def default_render_batch(device: torch.device, size: int, free_bytes: int | None = None) -> int:
+    """Frames per render batch: 1 on CPU (measured faster per frame than 2: the 3D hourglass's working set stays
+    in cache), on CUDA as many as free memory allows for half of it, up to MAX_GPU_RENDER_BATCH."""
+    if device.type != "cuda":
+        return 1
+    if free_bytes is None:
+        free_bytes, _total = torch.cuda.mem_get_info(device)
+    per_frame = RENDER_BYTES_PER_FRAME_256 * (size // 256) ** 2
+    return max(1, min(MAX_GPU_RENDER_BATCH, int(free_bytes * 0.5) // per_frame))
+
+
+def shape_key(*tensors: torch.Tensor) -> tuple[Hashable, ...]:
+    return tuple((tuple(t.shape), t.dtype, t.device.type) for t in tensors)
+
+
+class StaticCompiled:
+    """A function compiled for the input shapes it was warmed up with; other shapes run eagerly.
+
+    ``warm_up`` (at load) compiles for one set of example inputs and records their shapes; ``__call__`` uses
+    the compiled graph only for recorded shapes (and with dynamo's ``eager_on_recompile`` stance), so an
+    unexpected input costs eager speed, never a compilation in the middle of a job.  Serialised by a lock:
+    compiled graphs are not re-entrant.
+    """
+
+    def __init__(self, fn: Callable[..., R], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self._compiled = torch.compile(fn, dynamic=False)
+        self._shapes: set[tuple[Hashable, ...]] = set()
+        self._lock = threading.Lock()
+        self.enabled = True  # False: always eager (benchmarks compare both in one process)
+
+    @property
+    def shapes(self) -> set[tuple[Hashable, ...]]:
+        return set(self._shapes) if self.enabled else set()
+
+    def warm_up(self, *inputs: torch.Tensor) -> float:
+        """Compile for these inputs' shapes (runs them once); returns the seconds it took."""
+        configure_inductor()
+        started = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            # Jobs pass inference tensors (made under inference_mode); dynamo guards on that, so compile for them.
+            self._compiled(*(t.clone() for t in inputs))
+            self._shapes.add(shape_key(*inputs))
+        seconds = time.perf_counter() - started
+        logger.info("compiled %s for %s in %.1f s", self.name, [tuple(t.shape) for t in inputs], seconds)
+        return seconds
+
+    def __call__(self, *inputs: torch.Tensor):  # noqa: ANN204  (returns what fn returns)
+        if self.enabled and shape_key(*inputs) in self._shapes:
+            # Should a guard still fail (another tensor kind, a changed global), run eagerly, never recompile.
+            with self._lock, torch.compiler.set_stance("eager_on_recompile"):
+                return self._compiled(*inputs)
+        return self.fn(*inputs)

@@ -1,0 +1,226 @@
+"""Speed levers (issue 10): precision modes, static-shape compilation, the encoder feeder.
+
+Timings are never asserted here (bench/speed.py prints them); these tests pin what the levers must not change.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sadtalker.compose.enhance import FaceEnhancer
+from sadtalker.feeder import BackgroundFeeder
+from sadtalker.options import GenerateOptions
+from sadtalker.pipeline import SadTalker
+from sadtalker.render.accel import StaticCompiled, compile_from_env, default_render_batch, reduced_dtype
+from sadtalker.render.windows import RenderSemantics
+from serving.config import ConfigError, ServingConfig
+
+FIDELITY_FRAMES = 2
+MIN_MEAN_PSNR_DB = 35.0
+MIN_WORST_PSNR_DB = 30.0
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+# -- options and configuration ----------------------------------------------------------------------------------
+
+
+def test_precision_option_is_validated() -> None:
+    assert GenerateOptions().precision is None  # the pipeline's default
+    assert GenerateOptions(precision="fast").precision == "fast"
+    with pytest.raises(ValueError, match="precision must be 'exact' or 'fast'"):
+        GenerateOptions(precision="half")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        GenerateOptions(batch_size=0)
+
+
+def test_service_reads_precision_and_compile(tmp_path: Path) -> None:
+    base = {"SADTALKER_STATE_DIR": str(tmp_path), "SADTALKER_OUTPUT_DIR": str(tmp_path / "out")}
+    default = ServingConfig.from_env(base)
+    assert (default.precision, default.compile) == ("exact", True)
+    fast = ServingConfig.from_env({**base, "SADTALKER_PRECISION": "fast", "SADTALKER_COMPILE": "0"})
+    assert (fast.precision, fast.compile) == ("fast", False)
+    with pytest.raises(ConfigError, match="SADTALKER_PRECISION='half' must be one of exact, fast"):
+        ServingConfig.from_env({**base, "SADTALKER_PRECISION": "half"})
+
+
+def test_compile_switch_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SADTALKER_COMPILE", raising=False)
+    assert compile_from_env(default=True) is True
+    monkeypatch.setenv("SADTALKER_COMPILE", "0")
+    assert compile_from_env(default=True) is False
+    monkeypatch.setenv("SADTALKER_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="SADTALKER_COMPILE"):
+        compile_from_env(default=True)
+
+
+def test_render_batch_and_reduced_dtype_per_device() -> None:
+    assert default_render_batch(torch.device("cpu"), 256) == 1
+    gib = 2**30
+    # CUDA: half of the free memory, ~0.9 GiB per 256-px frame (4x at 512), between 1 and 16 frames.
+    assert default_render_batch(torch.device("cuda"), 256, free_bytes=8 * gib) == 4
+    assert default_render_batch(torch.device("cuda"), 256, free_bytes=80 * gib) == 16
+    assert default_render_batch(torch.device("cuda"), 512, free_bytes=8 * gib) == 1
+    assert reduced_dtype(torch.device("cuda")) == torch.float16
+    assert reduced_dtype(torch.device("cpu")) == torch.bfloat16
+
+
+# -- compilation ------------------------------------------------------------------------------------------------
+
+
+def test_static_compiled_runs_the_graph_for_warmed_shapes_only() -> None:
+    """A tiny conv/BN/activation net compiled with frozen weights: same result as eager for the warmed shape,
+    and any other shape runs eagerly instead of compiling in the middle of a job."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.LeakyReLU(0.2)).eval()
+    compiled = StaticCompiled(net, "tiny")
+    x = torch.randn(1, 3, 16, 16)
+    compiled.warm_up(x)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    eager_calls: list[tuple[int, ...]] = []
+    compiled.fn = lambda t: (eager_calls.append(tuple(t.shape)), net(t))[1]  # spy on the eager fallback
+    with torch.inference_mode():
+        x = x.clone()  # an inference tensor, as jobs pass
+        torch.testing.assert_close(compiled(x), net(x), rtol=1e-5, atol=1e-5)
+        assert eager_calls == []  # the compiled graph ran
+        other = torch.randn(2, 3, 16, 16)
+        torch.testing.assert_close(compiled(other), net(other), rtol=0, atol=0)
+        assert eager_calls == [(2, 3, 16, 16)]  # eager, exactly
+        compiled.enabled = False
+        compiled(x)
+        assert eager_calls[-1] == (1, 3, 16, 16)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled after warm-up
+
+
+@pytest.mark.slow
+def test_compiled_renderer_matches_eager_and_pads_the_last_batch(synthetic_checkpoints: Path) -> None:
+    """The real per-frame graph compiled at 128 px for batches of 2; 3 frames (last batch padded) == eager."""
+    talker = SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=False)
+    renderer = talker.models[256].renderers[70]
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 128, 128, generator=gen)
+    source, target = 0.1 * torch.randn(70, 27, generator=gen), 0.1 * torch.randn(3, 70, 27, generator=gen)
+    eager = torch.cat(list(renderer.render(image, source, target, batch_size=2)))
+    renderer.compile(128, 2, "exact")
+    assert renderer.compiled_batch_sizes("exact") == {2}
+    compiled = torch.cat(list(renderer.render(image, source, target, batch_size=2)))
+    assert compiled.shape == eager.shape == (3, 3, 128, 128)
+    assert (compiled - eager).abs().max().item() <= 1e-4
+
+
+# -- fast mode fidelity -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def talker(synthetic_checkpoints: Path) -> SadTalker:
+    return SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=False)
+
+
+def test_fast_mode_rendered_frames_stay_close_to_exact(golden_case_dir: Path, talker: SadTalker) -> None:
+    """Fast (bf16) vs exact rendered frames of a public golden case: >= 35 dB mean and >= 30 dB every frame."""
+    from sadtalker.audio import compute_audio_features
+    from sadtalker.media import load_audio, load_image
+
+    meta = json.loads((golden_case_dir / "case.json").read_text())
+    with np.load(golden_case_dir / "inputs.npz") as inputs:
+        landmarks = inputs["lm68_orig"]
+    options = GenerateOptions(preprocess=meta["preprocess"], still=meta["still"], enhancer="none", seed=0)
+    image = load_image(golden_case_dir / meta["image"])
+    face = talker.prepare_face(image, options, landmarks, meta["image"])
+    motion = talker.predict_motion(compute_audio_features(load_audio(golden_case_dir / meta["audio"])), face,
+                                   options, seed=0)
+    semantics = talker.semantics(motion, face, options)
+    semantics = RenderSemantics(semantics.source, semantics.target[:FIDELITY_FRAMES])
+    exact = np.concatenate(list(talker.render_frames(face, semantics, options)))
+    fast = np.concatenate(list(talker.render_frames(face, semantics, GenerateOptions(
+        preprocess=meta["preprocess"], still=meta["still"], enhancer="none", seed=0, precision="fast"))))
+    values = [_psnr(a, b) for a, b in zip(fast, exact, strict=True)]
+    print(f"{golden_case_dir.name}: fast vs exact PSNR mean {np.mean(values):.1f} dB, worst {min(values):.1f} dB")
+    assert len(values) == FIDELITY_FRAMES
+    assert not np.array_equal(fast, exact)  # fast really ran in reduced precision
+    assert np.mean(values) >= MIN_MEAN_PSNR_DB and min(values) >= MIN_WORST_PSNR_DB
+
+
+# -- enhancer -----------------------------------------------------------------------------------------------------
+
+
+def test_mask_parser_gives_parsenets_logits(synthetic_checkpoints: Path) -> None:
+    """ParseNet's unused image head is skipped: the parsing logits are bit-identical."""
+    enhancer = FaceEnhancer(synthetic_checkpoints, "cpu")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        full = enhancer.parser.net(x)[0]
+        (mask_only,) = enhancer.parser(x)
+    torch.testing.assert_close(mask_only, full, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_exact_enhancer_within_two_levels_of_the_plain_path(synthetic_checkpoints: Path) -> None:
+    """Exact-mode enhancement (faces one at a time, mask-only ParseNet) vs the plain path (faces batched, full
+    ParseNet), same seed: every pixel within 2 levels.  Full-size GFPGAN + ParseNet, two faces."""
+    from test_compose_enhance import _frames
+
+    enhancer = FaceEnhancer(synthetic_checkpoints, "cpu", batch_size=2, upscale=2)
+    frames, landmarks = _frames()
+    per_frame = [[points] for points in landmarks]
+    new = enhancer.enhance(frames, landmarks=per_frame, generator=torch.Generator().manual_seed(3))
+    enhancer.face_batch, enhancer.helper.face_parse = 2, enhancer.parser.net
+    plain = enhancer.enhance(frames, landmarks=per_frame, generator=torch.Generator().manual_seed(3))
+    assert new.shape == plain.shape == (2, 512, 512, 3)
+    assert np.abs(new.astype(np.int16) - plain).max() <= 2
+
+
+# -- encoder feeder -----------------------------------------------------------------------------------------------
+
+
+def test_feeder_keeps_order_and_bounds_the_queue() -> None:
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def sink(item: int) -> None:
+        gate.wait(5)
+        seen.append(item)
+
+    with BackgroundFeeder(sink, depth=2) as feeder:
+        started = time.perf_counter()
+        for i in range(2):
+            feeder.put(i)
+        assert time.perf_counter() - started < 1  # two queued items never block
+        gate.set()
+        for i in range(2, 6):
+            feeder.put(i)
+    assert seen == list(range(6))
+
+
+def test_feeder_reraises_the_sink_error_in_the_caller() -> None:
+    def sink(item: int) -> None:
+        if item == 1:
+            raise RuntimeError("ffmpeg died")
+
+    feeder = BackgroundFeeder(sink)
+    feeder.put(0)
+    feeder.put(1)
+    with pytest.raises(RuntimeError, match="ffmpeg died"):
+        for i in range(2, 50):
+            feeder.put(i)
+        feeder.close()
+
+
+def test_feeder_does_not_mask_the_callers_exception() -> None:
+    with pytest.raises(KeyError), BackgroundFeeder(lambda item: None) as feeder:
+        feeder.put(1)
+        raise KeyError("render failed")
