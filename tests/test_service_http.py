@@ -62,6 +62,9 @@ def server_env(dirs: Dirs, **overrides: str) -> dict[str, str]:
             "BENTOML_HOME": str(dirs.root / "bentoml_home"),
             "BENTOML_DO_NOT_TRACK": "True",
             "SADTALKER_ALLOW_CPU": "1",
+            # Servers with the real pipeline (slow tests) skip compilation: minutes on 2 cores, and jobs run the
+            # same networks eagerly (tests/test_speed.py covers the compiled path).
+            "SADTALKER_COMPILE": "0",
             "SADTALKER_PIPELINE_FACTORY": "tests.fakes:create",
             "SADTALKER_FAKE_RENDER_SECONDS": "0.3",
             "SADTALKER_INPUT_DIRS": str(dirs.inputs),
