@@ -9,7 +9,7 @@ PORT ?= 3000
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint checkpoints verify bench image clean-venv
+.PHONY: install serve test test-slow test-postgres lint checkpoints verify bench image clean-venv
 
 install: $(STAMP)
 
@@ -30,10 +30,15 @@ verify: $(STAMP)
 serve: checkpoints
 	SADTALKER_CHECKPOINTS=$(CHECKPOINTS) $(VENV)/bin/bentoml serve service:SadTalkerService --host 0.0.0.0 --port $(PORT)
 
-test: $(STAMP)
+# The store tests start their own PostgreSQL server; this makes sure its binaries are installed (as root: once,
+# from Debian's packages). Idempotent and quick when they are present.
+test-postgres:
+	scripts/postgres-test-server
+
+test: $(STAMP) test-postgres
 	$(PY) -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) test-postgres
 	$(PY) -m pytest -m slow
 
 # Lint, format and types (the formatter check fails until the coordinator's one-time `ruff format` lands).

@@ -26,6 +26,8 @@ instead of surfacing later as a confusing per-request failure.
   first; bounds the enhancer's cost on group photos.
 * SADTALKER_LEASE_SECONDS (30): a running job's lease; its worker renews it every third of that. A job whose
   worker died is taken back (requeued) once its lease expires, by this or any server on the state directory.
+* SADTALKER_DATABASE_URL (unset = SQLite in the state dir): a PostgreSQL URL (`postgresql://user:pw@host/db`);
+  every server given the same URL shares one queue (see README "Scaling out").
 * SADTALKER_MAX_BODY_BYTES (65536): largest JSON request body; larger ones get 413 before being parsed.
 * SADTALKER_PIPELINE_FACTORY (unset): DEV/TEST ONLY. `module:callable` building the pipeline instead of
   `sadtalker.pipeline:SadTalker`, e.g. `tests.fakes:create` from the repository root; checkpoints are then
@@ -74,6 +76,7 @@ class ServingConfig:
     pipeline_factory: str | None = None
     lease_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
+    database_url: str | None = None
 
     @property
     def database_path(self) -> Path:
@@ -111,6 +114,7 @@ class ServingConfig:
             pipeline_factory=_factory(env, "SADTALKER_PIPELINE_FACTORY"),
             lease_seconds=_float(env, "SADTALKER_LEASE_SECONDS", 30.0, minimum=1.0),
             max_body_bytes=_int(env, "SADTALKER_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            database_url=_database_url(env, "SADTALKER_DATABASE_URL"),
         )
         if input_dirs_set:
             # An explicit root that does not exist is a typo or a missing mount: say so now, not per request.
@@ -231,4 +235,13 @@ def _factory(env: Mapping[str, str], name: str) -> str | None:
     module, sep, attribute = value.partition(":")
     if not sep or not module or not attribute:
         raise ConfigError(f"{name}={value!r} must look like 'package.module:callable'")
+    return value
+
+
+def _database_url(env: Mapping[str, str], name: str) -> str | None:
+    value = _raw(env, name)
+    if value is None:
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{name} must be a postgresql:// URL (unset it to use the embedded SQLite store)")
     return value

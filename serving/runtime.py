@@ -20,7 +20,7 @@ from serving.jobs import JobService
 from serving.metrics import JobMetrics
 from serving.pipeline_factory import Pipeline, build_pipeline
 from serving.schema import SystemInfo
-from serving.store import JobState, JobStore, StoreError, check_database
+from serving.store import JobState, JobStore, StoreError, check_database, open_store
 from serving.validation import RequestValidator
 from serving.worker import RenderWorker
 
@@ -80,13 +80,15 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
 
 
 def check_store(config: ServingConfig) -> None:
-    """The job database is sound (SQLite integrity check) and at this version's layout (migrations run now).
+    """The job database is reachable and sound and at this version's layout (migrations run now).
 
-    Done once, before workers start: a corrupt file stops `serve` with one line instead of a worker restart loop.
+    Done once, before workers start: a corrupt file or an unreachable PostgreSQL stops `serve` with one line
+    instead of a worker restart loop.
     """
     try:
-        check_database(config.database_path)
-        JobStore(config.database_path).close()  # runs pending migrations while nothing else uses the file
+        if config.database_url is None:
+            check_database(config.database_path)  # SQLite's integrity check
+        open_store(config.database_url, config.database_path).close()  # runs pending migrations
     except (StoreError, sqlite3.Error) as exc:
         raise StartupError(one_line(str(exc))) from None
 
@@ -139,7 +141,7 @@ class Runtime:
             log.info("loading models from %s on %s ...", config.checkpoint_dir, device)
             pipeline = build_pipeline(config, device)
             log.info("models loaded in %.1fs", time.monotonic() - started)
-        store = JobStore(config.database_path)
+        store = open_store(config.database_url, config.database_path)
         metrics = metrics or JobMetrics.create().initialise_labels()
         worker = RenderWorker(
             pipeline,
