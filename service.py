@@ -15,7 +15,8 @@ Endpoints (all POST, JSON bodies; BentoML's /readyz, /livez and /metrics come fo
 * `/status` {request_id} or {job_id} (from X-SadTalker-Job-Id) -> the job; 404 if unknown. The two are
   separate namespaces: a request_id equal to some job id never finds that job.
 * `/jobs` {limit?} -> most recent jobs first.
-* `/system_info` {} -> device, GPU, models, checkpoint size, queue.
+* `/system_info` {} -> device, GPU, models, checkpoint size, queue; `workers`: every live render worker on the
+  job store (all processes and servers) with its device and current job.
 
 Python callers: `bentoml.SyncHTTPClient(url).generate(driven_audio=..., source_image=..., option=...)` takes
 `str` paths (it JSON-encodes arguments from the published schema with `json.dumps`, which rejects `Path`);
@@ -60,11 +61,12 @@ def _reject(ctx: bentoml.Context, status: int, body: dict[str, Any], headers: di
 
 @bentoml.service(
     name="sadtalker",
-    # One process owns the models and the GPU; more workers would each load every model.
-    workers=1,
-    # Tells BentoML (and BentoCloud) the worker needs one GPU; BentoML pins it via CUDA_VISIBLE_DEVICES.
+    # One worker process per GPU (SADTALKER_GPUS), each with its own models on `cuda:<worker index>`; processes
+    # rather than threads: no GIL contention between renders, and a crashed/killed worker loses only its job.
+    workers=ServingConfig.gpus_from_env(),
+    # BentoML exposes that many GPUs to every worker via CUDA_VISIBLE_DEVICES; each worker takes its own index.
     # On a machine without GPUs BentoML only warns; the CUDA check below is what refuses to start.
-    resources={"gpu": 1},
+    resources={"gpu": ServingConfig.gpus_from_env()},
     # Request threads (validation probes files); rendering happens on the worker's own thread.
     threads=4,
     traffic={"timeout": 120},
@@ -84,7 +86,9 @@ class SadTalkerService:
         configure_logging()
         try:
             # The device check repeats here: the constructor also runs without `bentoml serve` (tests, in-process).
-            self.runtime = Runtime.start(ServingConfig.from_env())
+            # BentoML numbers its worker processes from 1 (None outside `bentoml serve`).
+            worker_index = (bentoml.server_context.worker_index or 1) - 1
+            self.runtime = Runtime.start(ServingConfig.from_env(), worker_index=worker_index)
         except (ConfigError, StartupError) as exc:
             raise BentoMLConfigException(f"SadTalker cannot start: {exc}") from None
 

@@ -19,7 +19,7 @@ from serving.joblog import install_client_error_log_filter, install_job_log_filt
 from serving.jobs import JobService
 from serving.metrics import JobMetrics
 from serving.pipeline_factory import Pipeline, build_pipeline
-from serving.schema import SystemInfo
+from serving.schema import SystemInfo, WorkerInfo
 from serving.store import JobState, JobStore, StoreError, check_database, open_store
 from serving.validation import RequestValidator
 from serving.worker import RenderWorker
@@ -53,6 +53,21 @@ def prepare(config: ServingConfig, *, cuda_available: Callable[[], bool] | None 
         return select_device(config.allow_cpu, cuda_available=cuda_available)
     except (ConfigError, DeviceUnavailable) as exc:
         raise StartupError(str(exc)) from None
+
+
+def assign_gpu(device: str, worker_index: int) -> str:
+    """The device of render worker ``worker_index``: `cuda:<index>` (made current for this process), or `cpu`."""
+    if device != "cuda":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    if worker_index >= count:
+        raise StartupError(
+            f"render worker {worker_index + 1} has no GPU: {count} visible; set SADTALKER_GPUS to at most {count}"
+        )
+    torch.cuda.set_device(worker_index)
+    return f"cuda:{worker_index}"
 
 
 def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | None = None) -> str:
@@ -133,9 +148,14 @@ class Runtime:
         validator: RequestValidator | None = None,
         cuda_available: Callable[[], bool] | None = None,
         start_worker: bool = True,
+        worker_index: int = 0,
     ) -> Runtime:
-        """Check the device, load the models once, open the store, recover interrupted jobs, start the worker."""
-        device = prepare(config, cuda_available=cuda_available)
+        """Check the device, load the models once, open the store, recover interrupted jobs, start the worker.
+
+        ``worker_index``: 0-based index of this render worker on the server (BentoML's worker id - 1); on CUDA it
+        renders on GPU ``worker_index`` of the visible ones.
+        """
+        device = assign_gpu(prepare(config, cuda_available=cuda_available), worker_index)
         started = time.monotonic()
         if pipeline is None:
             log.info("loading models from %s on %s ...", config.checkpoint_dir, device)
@@ -152,6 +172,7 @@ class Runtime:
             output_dir=config.output_dir,
             max_attempts=config.max_attempts,
             lease_seconds=config.lease_seconds,
+            device=device,
         )
         validator = validator or RequestValidator(config)
         # Import the decoders now: the first request should not pay for importing cv2/soundfile.
@@ -220,4 +241,20 @@ class Runtime:
             accepting=not self.worker.stopping,
             uptime_seconds=time.time() - self.started_at,
             versions={"torch": torch.__version__, "bentoml": bentoml.__version__},
+            worker=self.worker.owner,
+            workers=self.workers(),
         )
+
+    def workers(self) -> list[WorkerInfo]:
+        """Live render workers on the store: announced within the last lease (they announce every few seconds)."""
+        now = time.time()
+        return [
+            WorkerInfo(
+                worker=record.owner,
+                device=record.device,
+                current_job=record.current_job,
+                started_at=record.started_at,
+                seen_seconds_ago=round(max(0.0, now - record.seen_at), 1),
+            )
+            for record in self.store.workers(seen_within=max(self.config.lease_seconds, 10.0))
+        ]

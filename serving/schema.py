@@ -140,6 +140,16 @@ class JobStatus(BaseModel):
     render_seconds: float | None
 
 
+class WorkerInfo(BaseModel):
+    """One render worker (of any process or server on the store) that announced itself recently."""
+
+    worker: str  # owner id: host:pid:random
+    device: str
+    current_job: str | None
+    started_at: float
+    seen_seconds_ago: float
+
+
 class SystemInfo(BaseModel):
     device: str
     gpu_name: str | None
@@ -156,3 +166,5 @@ class SystemInfo(BaseModel):
     accepting: bool
     uptime_seconds: float
     versions: dict[str, str]
+    worker: str = ""  # the worker of the process that answered
+    workers: list[WorkerInfo] = []  # every live worker on the job store (all processes, all servers)

@@ -99,8 +99,19 @@ ALTER TABLE jobs_v2 RENAME TO jobs;
 CREATE INDEX jobs_state ON jobs (state, seq);
 """
 
+# Version 3: the render workers announce themselves (device, current job) for /system_info across processes.
+_V3_MIGRATION = """
+CREATE TABLE workers (
+    owner        TEXT    PRIMARY KEY,
+    device       TEXT    NOT NULL,
+    current_job  TEXT,
+    started_at   REAL    NOT NULL,
+    seen_at      REAL    NOT NULL
+);
+"""
+
 #: Ordered layout changes: MIGRATIONS[n - 1] turns a version n-1 database into version n (0 = empty file).
-MIGRATIONS: tuple[str, ...] = (_V1_SCHEMA, _V2_MIGRATION)
+MIGRATIONS: tuple[str, ...] = (_V1_SCHEMA, _V2_MIGRATION, _V3_MIGRATION)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
@@ -154,6 +165,21 @@ class JobRecord:
         fields["state"] = JobState(row["state"])
         fields["output_path"] = Path(str(row["output_path"]))
         return cls(**fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A render worker as it last announced itself (every few seconds while alive)."""
+
+    owner: str
+    device: str
+    current_job: str | None
+    started_at: float
+    seen_at: float
+
+
+#: Announcements older than this are dropped from the table (a worker killed long ago).
+WORKER_FORGET_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -303,6 +329,19 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def requeue(self, job_id: str, owner: str, reason: str) -> bool:
         """Put a gracefully interrupted job back at its place in the queue; the attempt does not count."""
+
+    # -- worker registry (for /system_info)
+    @abc.abstractmethod
+    def announce_worker(self, owner: str, device: str, current_job: str | None) -> None:
+        """Record that ``owner`` is alive on ``device``, rendering ``current_job`` (upsert; seen_at = now)."""
+
+    @abc.abstractmethod
+    def workers(self, seen_within: float) -> list[WorkerRecord]:
+        """Workers that announced themselves in the last ``seen_within`` seconds, oldest first."""
+
+    @abc.abstractmethod
+    def forget_worker(self, owner: str) -> None:
+        """A worker stopped cleanly: remove its announcement."""
 
 
 def open_store(
@@ -577,6 +616,30 @@ class SqliteJobStore(JobStore):
             job_id,
             owner,
         )
+
+    def announce_worker(self, owner: str, device: str, current_job: str | None) -> None:
+        now = self._clock()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO workers (owner, device, current_job, started_at, seen_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (owner) DO UPDATE SET device = excluded.device, current_job = excluded.current_job, "
+                "seen_at = excluded.seen_at",
+                (owner, device, current_job, now, now),
+            )
+            db.execute("DELETE FROM workers WHERE seen_at < ?", (now - WORKER_FORGET_SECONDS,))
+
+    def workers(self, seen_within: float) -> list[WorkerRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, device, current_job, started_at, seen_at FROM workers WHERE seen_at >= ? "
+                "ORDER BY started_at, owner",
+                (self._clock() - seen_within,),
+            ).fetchall()
+        return [WorkerRecord(**dict(row)) for row in rows]
+
+    def forget_worker(self, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
 
     def _finish(self, assignments: str, params: tuple[object, ...], job_id: str, owner: str) -> bool:
         with self._transaction() as db:

@@ -40,6 +40,7 @@ from psycopg.types.json import Jsonb
 
 from serving.schema import JobRequest
 from serving.store import (
+    WORKER_FORGET_SECONDS,
     DuplicateRequestId,
     JobRecord,
     JobState,
@@ -47,10 +48,12 @@ from serving.store import (
     QueueAtCapacity,
     RecoveryReport,
     StoreError,
+    WorkerRecord,
 )
 
 TABLE = "sadtalker_jobs"
 VERSION_TABLE = "sadtalker_schema_migrations"
+WORKERS_TABLE = "sadtalker_workers"
 # pg_advisory_xact_lock keys (any constant pair unique to this service): migrations, admissions.
 _MIGRATION_LOCK = 0x5AD7A1C0
 _ADMISSION_LOCK = 0x5AD7A1C1
@@ -75,7 +78,14 @@ CREATE TABLE {TABLE} (
     started_at       DOUBLE PRECISION,
     finished_at      DOUBLE PRECISION
 );
-CREATE INDEX {TABLE}_state ON {TABLE} (state, seq)
+CREATE INDEX {TABLE}_state ON {TABLE} (state, seq);
+CREATE TABLE {WORKERS_TABLE} (
+    owner            TEXT    PRIMARY KEY,
+    device           TEXT    NOT NULL,
+    current_job      TEXT,
+    started_at       DOUBLE PRECISION NOT NULL,
+    seen_at          DOUBLE PRECISION NOT NULL
+)
 """
 
 #: Ordered layout changes: MIGRATIONS[n - 1] brings version n-1 to version n (0 = no table yet).
@@ -381,3 +391,29 @@ class PostgresJobStore(JobStore):
             job_id,
             owner,
         )
+
+    # -- worker registry --------------------------------------------------------------------------------------
+
+    def announce_worker(self, owner: str, device: str, current_job: str | None) -> None:
+        now = self._clock()
+        with self._transaction() as cur:
+            cur.execute(
+                f"INSERT INTO {WORKERS_TABLE} (owner, device, current_job, started_at, seen_at) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (owner) DO UPDATE SET device = EXCLUDED.device, "
+                "current_job = EXCLUDED.current_job, seen_at = EXCLUDED.seen_at",
+                (owner, device, current_job, now, now),
+            )
+            cur.execute(f"DELETE FROM {WORKERS_TABLE} WHERE seen_at < %s", (now - WORKER_FORGET_SECONDS,))
+
+    def workers(self, seen_within: float) -> list[WorkerRecord]:
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT owner, device, current_job, started_at, seen_at FROM {WORKERS_TABLE} WHERE seen_at >= %s "
+                "ORDER BY started_at, owner",
+                (self._clock() - seen_within,),
+            )
+            return [WorkerRecord(**row) for row in cur.fetchall()]
+
+    def forget_worker(self, owner: str) -> None:
+        with self._transaction() as cur:
+            cur.execute(f"DELETE FROM {WORKERS_TABLE} WHERE owner = %s", (owner,))

@@ -390,3 +390,21 @@ def test_one_request_type_end_to_end_through_the_store(tmp_path: Path, open_job_
     done = worker.process_one()
     assert done is not None and done.state is JobState.COMPLETED and done.request.mood == "cheerful"  # type: ignore[attr-defined]
     assert pipeline.calls[0]["mood"] == "cheerful" and pipeline.calls[0]["preset"] == "crop"
+
+
+def test_workers_announce_themselves_and_go_stale(tmp_path: Path, open_job_store: OpenStore) -> None:
+    clock = Clock()
+    store, other_process = open_job_store(clock=clock), open_job_store(clock=clock)
+    store.announce_worker("host:1:a", "cuda:0", None)
+    clock.now += 1
+    other_process.announce_worker("host:2:b", "cuda:1", "job-1")
+    assert [(w.owner, w.device, w.current_job) for w in store.workers(seen_within=30)] == [
+        ("host:1:a", "cuda:0", None),
+        ("host:2:b", "cuda:1", "job-1"),
+    ]
+    clock.now += 20
+    store.announce_worker("host:1:a", "cuda:0", "job-2")  # an update keeps its start time
+    assert [(w.owner, w.current_job) for w in other_process.workers(seen_within=10)] == [("host:1:a", "job-2")]
+    assert store.workers(seen_within=30)[0].started_at == 1_000_000.0
+    other_process.forget_worker("host:1:a")
+    assert [w.owner for w in store.workers(seen_within=30)] == ["host:2:b"]
