@@ -162,7 +162,7 @@ class Runtime:
             pipeline = build_pipeline(config, device)
             log.info("models loaded in %.1fs", time.monotonic() - started)
         store = open_store(config.database_url, config.database_path)
-        metrics = metrics or JobMetrics.create().initialise_labels()
+        metrics = metrics or JobMetrics.create(worker=str(worker_index)).initialise_labels()
         worker = RenderWorker(
             pipeline,
             store,

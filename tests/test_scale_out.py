@@ -24,6 +24,7 @@ from tests.test_service_http import (
     body,
     is_descendant,
     launch,
+    metric_values,
     pid_alive,
     post,
     server_env,
@@ -88,6 +89,10 @@ def test_three_workers_share_the_queue_and_a_killed_worker_loses_its_job(tmp_pat
         log = render_log(dirs)
         assert sorted(name for _pid, name in log) == sorted(Path(job["output_path"]).name for job in done)  # once each
         assert len({pid for pid, _name in log}) == 3  # every worker rendered
+        completed = {
+            name: value for name, value in metric_values(server).items() if name.startswith("sadtalker_jobs_completed")
+        }
+        assert sum(completed.values()) == 12 and all(f'worker="{n}"' in "".join(completed) for n in range(3)), completed
 
         # kill -9 of the worker rendering a job: its lease runs out and another worker renders it.
         assert post(server, "/generate", body(dirs, request_id="victim")).text == "1"

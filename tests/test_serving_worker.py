@@ -54,7 +54,9 @@ class Harness:
         return self.store.insert(job, self.out / f"video{self._n}.mp4").id
 
     def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
+        # Render-side metrics carry the worker's index (0 here); the others have no worker label.
+        found = self.registry.get_sample_value(name, labels | {"worker": "0"})
+        return found if found is not None else self.registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
