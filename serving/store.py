@@ -162,7 +162,7 @@ class JobRecord:
         fields["request"] = (
             request_type.model_validate_json(raw) if isinstance(raw, str | bytes) else request_type.model_validate(raw)
         )
-        fields["state"] = JobState(row["state"])
+        fields["state"] = JobState(str(row["state"]))
         fields["output_path"] = Path(str(row["output_path"]))
         return cls(**fields)  # type: ignore[arg-type]
 
@@ -346,7 +346,7 @@ class JobStore(abc.ABC):
 
 def open_store(
     database_url: str | None,
-    sqlite_path: Path,
+    sqlite_path: Path | None = None,
     *,
     clock: Callable[[], float] = time.time,
     request_type: type[JobRequest] = JobRequest,
@@ -356,6 +356,8 @@ def open_store(
         from serving.store_postgres import PostgresJobStore
 
         return PostgresJobStore(database_url, clock=clock, request_type=request_type)
+    if sqlite_path is None:
+        raise ValueError("open_store: give a PostgreSQL URL or an SQLite file path")
     return SqliteJobStore(sqlite_path, clock=clock, request_type=request_type)
 
 

@@ -151,6 +151,16 @@ class PostgresJobStore(JobStore):
                 yield cursor
 
     def _migrate(self) -> None:
+        try:
+            self._apply_migrations()
+        except psycopg.Error as exc:  # e.g. no CREATE privilege, or not a PostgreSQL we can use
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"job database {_redacted(self._url)} cannot be prepared ({type(exc).__name__}: {first}): "
+                "the user needs CREATE on its schema for the first start"
+            ) from None
+
+    def _apply_migrations(self) -> None:
         with self._transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             cur.execute(
@@ -166,7 +176,7 @@ class PostgresJobStore(JobStore):
             for number in range(version + 1, SCHEMA_VERSION + 1):
                 with cur.connection.transaction():  # a savepoint per step: a failing step names itself
                     for statement in filter(None, (part.strip() for part in MIGRATIONS[number - 1].split(";"))):
-                        cur.execute(statement)  # type: ignore[arg-type]  # our own constant SQL
+                        cur.execute(statement)
                     cur.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (number,))
 
     @staticmethod
@@ -190,7 +200,7 @@ class PostgresJobStore(JobStore):
 
     def _select(self, where: str, params: Sequence[object] = (), tail: str = "") -> list[JobRecord]:
         with self._transaction() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where} {tail}", params)  # type: ignore[arg-type]
+            cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where} {tail}", params)
             rows = cur.fetchall()
         return [JobRecord.from_row(row, self._request_type) for row in rows]
 
@@ -200,7 +210,7 @@ class PostgresJobStore(JobStore):
 
     def _scalar(self, sql: str, params: Sequence[object] = ()) -> Any:
         with self._transaction() as cur:
-            cur.execute(sql, params)  # type: ignore[arg-type]
+            cur.execute(sql, params)
             row = cur.fetchone()
         return None if row is None else next(iter(row.values()))
 
@@ -355,7 +365,7 @@ class PostgresJobStore(JobStore):
     def _update_owned(self, assignments: str, params: tuple[object, ...], job_id: str, owner: str) -> bool:
         with self._transaction() as cur:
             cur.execute(
-                f"UPDATE {TABLE} SET {assignments} WHERE id = %s AND owner = %s AND state = 'running'",  # type: ignore[arg-type]
+                f"UPDATE {TABLE} SET {assignments} WHERE id = %s AND owner = %s AND state = 'running'",
                 (*params, job_id, owner),
             )
             return bool(cur.rowcount)

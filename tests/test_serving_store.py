@@ -6,6 +6,7 @@ session (tests/postgres_server.py). Layout/migration tests are per implementatio
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -408,3 +409,30 @@ def test_workers_announce_themselves_and_go_stale(tmp_path: Path, open_job_store
     assert store.workers(seen_within=30)[0].started_at == 1_000_000.0
     other_process.forget_worker("host:1:a")
     assert [w.owner for w in store.workers(seen_within=30)] == ["host:2:b"]
+
+
+def test_unreachable_postgres_is_one_line_without_the_password() -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StoreError) as info:
+        open_store(f"postgresql://sadtalker:s3cret@127.0.0.1:{port}/jobs")
+    message = str(info.value)
+    assert "\n" not in message and f"sadtalker@127.0.0.1:{port}/jobs" in message and "s3cret" not in message
+    assert "SADTALKER_DATABASE_URL" in message
+
+
+def test_postgres_layout_is_versioned_in_its_own_table(postgres_url: str) -> None:
+    from serving import store_postgres
+
+    open_store(postgres_url).close()
+    store = open_store(postgres_url)  # a second start applies nothing again
+    assert store.version == store_postgres.SCHEMA_VERSION
+    store.close()
+    with psycopg.connect(postgres_url) as raw:
+        versions = [row[0] for row in raw.execute("SELECT version FROM sadtalker_schema_migrations ORDER BY version")]
+        assert versions == list(range(1, store_postgres.SCHEMA_VERSION + 1))
+        newer = store_postgres.SCHEMA_VERSION + 1
+        raw.execute("INSERT INTO sadtalker_schema_migrations (version) VALUES (%s)", (newer,))
+    with pytest.raises(StoreError, match="newer"):
+        open_store(postgres_url)
