@@ -29,6 +29,7 @@ from serving.store import (
     QueueAtCapacity,
     StoreFull,
     is_disk_full,
+    is_store_unreachable,
 )
 from serving.validation import RequestValidator, fingerprint_of
 from serving.worker import PERMANENT_KINDS, RenderWorker
@@ -95,6 +96,9 @@ class JobService:
                     f"the service cannot record new jobs: its state disk is full or read-only ({exc}); "
                     "retry later"
                 ) from exc
+            if is_store_unreachable(exc):
+                log.error("cannot record a new job: the job database cannot be reached (%s)", exc)
+                raise StoreFull(f"the service cannot reach its job database ({exc}); retry later") from exc
             raise
 
     def _submit(self, request: GenerateRequest) -> Submission:

@@ -132,7 +132,8 @@ class StoreError(RuntimeError):
 
 
 class StoreFull(RuntimeError):
-    """The job database could not be written: its disk is full or read-only (HTTP 503 on /generate)."""
+    """The job database could not be written: its disk is full or read-only, or (PostgreSQL) it cannot be reached
+    (HTTP 503 on /generate)."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,15 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return any(text in str(exc) for text in ("disk is full", "readonly", "read-only", "disk I/O error"))
     return type(exc).__name__ in {"DiskFull", "InsufficientResources", "OutOfMemory", "ReadOnlySqlTransaction"}
+
+
+def is_store_unreachable(exc: BaseException) -> bool:
+    """The PostgreSQL server cannot be reached or dropped the connection (psycopg's OperationalError family)."""
+    if isinstance(exc, StoreError):
+        return True
+    return type(exc).__module__.startswith("psycopg") and any(
+        cls.__name__ == "OperationalError" for cls in type(exc).__mro__
+    )
 
 
 class JobStore(abc.ABC):

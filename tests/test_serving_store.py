@@ -436,3 +436,22 @@ def test_postgres_layout_is_versioned_in_its_own_table(postgres_url: str) -> Non
         raw.execute("INSERT INTO sadtalker_schema_migrations (version) VALUES (%s)", (newer,))
     with pytest.raises(StoreError, match="newer"):
         open_store(postgres_url)
+
+
+def test_postgres_connection_loss_is_reported_then_recovered(tmp_path: Path, postgres_url: str) -> None:
+    from serving.store import is_store_unreachable
+
+    store = open_store(postgres_url)
+    job = store.insert(request(tmp_path, 1), output(tmp_path, 1))
+    # The server drops our session (restart, failover, idle kill): the next statement fails as "unreachable"
+    # (JobService turns that into 503) and the one after reconnects.
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(psycopg.OperationalError) as lost:
+        store.count(JobState.QUEUED)
+    assert is_store_unreachable(lost.value) and not is_store_unreachable(ValueError("input"))
+    assert store.get(job.id) == job
+    store.close()
