@@ -61,13 +61,22 @@ def assign_gpu(device: str, worker_index: int) -> str:
         return device
     import torch
 
-    count = torch.cuda.device_count()
-    if worker_index >= count:
-        raise StartupError(
-            f"render worker {worker_index + 1} has no GPU: {count} visible; set SADTALKER_GPUS to at most {count}"
-        )
+    require_gpus(worker_index + 1)
     torch.cuda.set_device(worker_index)
     return f"cuda:{worker_index}"
+
+
+def require_gpus(count: int) -> None:
+    """At least ``count`` CUDA devices are visible (one per render worker); else StartupError saying how many."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if count > visible:
+        raise StartupError(
+            f"SADTALKER_GPUS asks for {count} render workers but {visible} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+            f"set SADTALKER_GPUS to at most {visible}"
+        )
 
 
 def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | None = None) -> str:
@@ -77,6 +86,8 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
     or checkpoint stops `bentoml serve` at once with exit status 1, instead of workers crash-looping.
     """
     device = prepare(config, cuda_available=cuda_available)
+    if device == "cuda":
+        require_gpus(config.gpus)
     check_store(config)
     if config.uses_dev_pipeline:
         log.warning(

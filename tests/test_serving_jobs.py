@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -221,6 +222,9 @@ def test_cuda_is_used_when_available(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert assign_gpu("cuda", 1) == "cuda:1" and made_current == [0, 1]
     with pytest.raises(StartupError, match="SADTALKER_GPUS to at most 2"):
         assign_gpu("cuda", 2)
+    # preflight (before BentoML spawns the workers) refuses more workers than GPUs in one line.
+    with pytest.raises(StartupError, match="asks for 3 render workers but 2 GPU"):
+        preflight(dataclasses.replace(config, gpus=3), cuda_available=lambda: True)
     assert assign_gpu("cpu", 2) == "cpu"
 
 
