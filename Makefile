@@ -31,10 +31,10 @@ serve: checkpoints
 	SADTALKER_CHECKPOINTS=$(CHECKPOINTS) $(VENV)/bin/bentoml serve service:SadTalkerService --host 0.0.0.0 --port $(PORT)
 
 # The ONE chain of test prerequisites, shared by `test` and `test-slow`: the venv, then what the tests need
-# beyond it, each step a no-op once done. System packages: chromium for the browser test. Further prerequisites
-# (e.g. a database server for tests) are added as more lines of this recipe, not as new chains.
+# beyond it, each step a no-op once done: Debian's chromium (browser test) and PostgreSQL (job-store tests).
 test-deps: $(STAMP)
 	scripts/install-test-deps
+	scripts/postgres-test-server
 
 test: test-deps
 	$(PY) -m pytest

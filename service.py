@@ -15,7 +15,8 @@ Endpoints (all POST, JSON bodies; BentoML's /readyz, /livez and /metrics come fo
 * `/status` {request_id} or {job_id} (from X-SadTalker-Job-Id) -> the job; 404 if unknown. The two are
   separate namespaces: a request_id equal to some job id never finds that job.
 * `/jobs` {limit?} -> most recent jobs first.
-* `/system_info` {} -> device, GPU, models, checkpoint size, queue.
+* `/system_info` {} -> device, GPU, models, checkpoint size, queue; `workers`: every live render worker on the
+  job store (all processes and servers) with its device and current job.
 * Issue 15 (serving/webapp.py, a Starlette app mounted below): `POST /generate_upload` (multipart upload, same
   answers as /generate plus 413), `GET /video?request_id=` (the mp4), `POST /check_photo` (faces, usable), and
   the page at `/ui/`. With SADTALKER_API_TOKENS / SADTALKER_API_TOKEN_FILE every endpoint except /livez,
@@ -67,11 +68,12 @@ def _reject(ctx: bentoml.Context, status: int, body: dict[str, Any], headers: di
 
 @bentoml.service(
     name="sadtalker",
-    # One process owns the models and the GPU; more workers would each load every model.
-    workers=1,
-    # Tells BentoML (and BentoCloud) the worker needs one GPU; BentoML pins it via CUDA_VISIBLE_DEVICES.
+    # One worker process per GPU (SADTALKER_GPUS), each with its own models on `cuda:<worker index>`; processes
+    # rather than threads: no GIL contention between renders, and a crashed/killed worker loses only its job.
+    workers=ServingConfig.gpus_from_env(),
+    # BentoML exposes that many GPUs to every worker via CUDA_VISIBLE_DEVICES; each worker takes its own index.
     # On a machine without GPUs BentoML only warns; the CUDA check below is what refuses to start.
-    resources={"gpu": 1},
+    resources={"gpu": ServingConfig.gpus_from_env()},
     # Request threads (validation probes files); rendering happens on the worker's own thread.
     threads=4,
     traffic={"timeout": 120},
@@ -96,6 +98,8 @@ class SadTalkerService:
         try:
             # The device check repeats here: the constructor also runs without `bentoml serve` (tests, in-process).
             config = ServingConfig.from_env()
+            # BentoML numbers its worker processes from 1 (None outside `bentoml serve`).
+            worker_index = (bentoml.server_context.worker_index or 1) - 1
             # Issue 15: uploads are submitted like /generate, with a validator whose only input root is the upload
             # spool (the worker may read it too; /generate's validator never accepts it); the worker starts after
             # the spool cleanup hook is attached.
@@ -105,6 +109,7 @@ class SadTalkerService:
                 validator=self.web.validator(),
                 extra_input_roots=self.web.extra_input_roots,
                 start_worker=False,
+                worker_index=worker_index,
             )
             self.web.attach(self.runtime)
             self.runtime.worker.start()

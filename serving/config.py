@@ -26,6 +26,11 @@ instead of surfacing later as a confusing per-request failure.
   first; bounds the enhancer's cost on group photos.
 * SADTALKER_LEASE_SECONDS (30): a running job's lease; its worker renews it every third of that. A job whose
   worker died is taken back (requeued) once its lease expires, by this or any server on the state directory.
+* SADTALKER_GPUS (default: the visible GPUs, from CUDA_VISIBLE_DEVICES or /dev/nvidiaN; 1 without any): render
+  workers on this server, one BentoML worker process per GPU, each with its own copy of the models on its own
+  device (`cuda:<worker index>`); all take jobs from the same store through leases.
+* SADTALKER_DATABASE_URL (unset = SQLite in the state dir): a PostgreSQL URL (`postgresql://user:pw@host/db`);
+  every server given the same URL shares one queue (see README "Scaling out").
 * SADTALKER_MAX_BODY_BYTES (65536): largest JSON request body; larger ones get 413 before being parsed.
 * SADTALKER_PRECISION (exact): `exact` (float32, the reference's tolerances) or `fast` (fp16 on CUDA, bf16
   on CPU where safe; fidelity measured in README "Speed").
@@ -84,6 +89,8 @@ class ServingConfig:
     max_body_bytes: int = 64 * 1024
     precision: str = "exact"
     compile: bool = True
+    database_url: str | None = None
+    gpus: int = 1
 
     @property
     def database_path(self) -> Path:
@@ -123,6 +130,8 @@ class ServingConfig:
             max_body_bytes=_int(env, "SADTALKER_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             precision=_word(env, "SADTALKER_PRECISION", "exact", ("exact", "fast")),
             compile=env_flag(env, "SADTALKER_COMPILE", True),
+            database_url=_database_url(env, "SADTALKER_DATABASE_URL"),
+            gpus=_int(env, "SADTALKER_GPUS", visible_gpu_count(env), minimum=1),
         )
         if input_dirs_set:
             # An explicit root that does not exist is a typo or a missing mount: say so now, not per request.
@@ -138,6 +147,16 @@ class ServingConfig:
             return _int(os.environ if env is None else env, "SADTALKER_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
         except ConfigError:
             return 64 * 1024
+
+    @staticmethod
+    def gpus_from_env(env: Mapping[str, str] | None = None) -> int:
+        """SADTALKER_GPUS alone: read when the service class is declared (BentoML's worker count); a bad
+        value falls back to 1 here and is reported by preflight."""
+        env = os.environ if env is None else env
+        try:
+            return _int(env, "SADTALKER_GPUS", visible_gpu_count(env), minimum=1)
+        except ConfigError:
+            return 1
 
     def prepare_directories(self) -> None:
         """Create output/state/temp (and the default input) dirs; raises ConfigError if one is unusable."""
@@ -255,3 +274,27 @@ def _factory(env: Mapping[str, str], name: str) -> str | None:
     if not sep or not module or not attribute:
         raise ConfigError(f"{name}={value!r} must look like 'package.module:callable'")
     return value
+
+
+def _database_url(env: Mapping[str, str], name: str) -> str | None:
+    value = _raw(env, name)
+    if value is None:
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{name} must be a postgresql:// URL (unset it to use the embedded SQLite store)")
+    return value
+
+
+def visible_gpu_count(env: Mapping[str, str]) -> int:
+    """GPUs this server may use, without importing torch (the BentoML arbiter reads this): CUDA_VISIBLE_DEVICES
+    when set, else the /dev/nvidiaN device files; at least 1 (one CPU worker)."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+        count = 0
+        for entry in entries:
+            if entry.startswith("-"):  # CUDA stops enumerating at the first invalid index
+                break
+            count += 1
+        return max(1, count)
+    return max(1, sum(1 for device in Path("/dev").glob("nvidia[0-9]*") if device.name[6:].isdigit()))

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
-import threading
 from dataclasses import dataclass
 
 from serving.config import ServingConfig
 from serving.metrics import JobMetrics
 from serving.naming import allocate_output_path
 from serving.schema import GenerateRequest, JobStatus
-from serving.store import DuplicateRequestId, JobRecord, JobState, JobStore, StoreFull, is_disk_full
+from serving.store import (
+    DuplicateRequestId,
+    JobRecord,
+    JobState,
+    JobStore,
+    QueueAtCapacity,
+    StoreFull,
+    is_disk_full,
+    is_store_unreachable,
+)
 from serving.validation import RequestValidator, fingerprint_of
 from serving.worker import PERMANENT_KINDS, RenderWorker
 
@@ -72,8 +79,6 @@ class JobService:
         self._worker = worker
         self._metrics = metrics
         self._validator = validator
-        # Makes "count queued, then insert" atomic across request threads, so the bound is exact.
-        self._admission = threading.Lock()
 
     def submit(self, request: GenerateRequest, *, validator: RequestValidator | None = None) -> Submission:
         """Validate and durably queue a request.
@@ -85,13 +90,16 @@ class JobService:
             raise NotAccepting("the service is shutting down; retry on another replica or after restart")
         try:
             return self._submit(request, validator or self._validator)
-        except sqlite3.OperationalError as exc:
+        except Exception as exc:
             if is_disk_full(exc):
                 log.error("cannot record a new job: the job database is not writable (%s)", exc)
                 raise StoreFull(
                     f"the service cannot record new jobs: its state disk is full or read-only ({exc}); "
                     "retry later"
                 ) from exc
+            if is_store_unreachable(exc):
+                log.error("cannot record a new job: the job database cannot be reached (%s)", exc)
+                raise StoreFull(f"the service cannot reach its job database ({exc}); retry later") from exc
             raise
 
     def _submit(self, request: GenerateRequest, validator: RequestValidator) -> Submission:
@@ -101,16 +109,17 @@ class JobService:
             if existing is not None:
                 return self._resubmission(existing, fingerprint_of(request))
         job_request = validator.validate(request)
-        with self._admission:
-            self._check_queue_bound()
-            output = allocate_output_path(self._config.output_dir, is_reserved=self._store.is_output_reserved)
-            try:
-                job = self._store.insert(job_request, output)
-            except DuplicateRequestId:
-                # Another thread inserted the same request_id between our lookup and insert.
-                existing = self._store.get_by_request_id(job_request.request_id or "")
-                assert existing is not None
-                return self._resubmission(existing, job_request.fingerprint())
+        output = allocate_output_path(self._config.output_dir, is_reserved=self._store.is_output_reserved)
+        try:
+            # The store counts and inserts in one atomic step, for every server on it: the bound is global.
+            job = self._store.insert(job_request, output, max_queue=self._config.max_queue)
+        except QueueAtCapacity as exc:
+            raise QueueFull(exc.depth, self.retry_after()) from None
+        except DuplicateRequestId:
+            # Another thread or server inserted the same request_id between our lookup and insert.
+            existing = self._store.get_by_request_id(job_request.request_id or "")
+            assert existing is not None
+            return self._resubmission(existing, job_request.fingerprint())
         self._queued(job)
         log.info(
             "job=%s accepted request_id=%r preset=%s image=%r audio=%r (%.2fs) -> %r",
@@ -123,11 +132,6 @@ class JobService:
             str(job.output_path),
         )
         return Submission(job=job, duplicate=False)
-
-    def _check_queue_bound(self) -> None:
-        depth = self._store.count(JobState.QUEUED)
-        if depth >= self._config.max_queue:
-            raise QueueFull(depth, self.retry_after())
 
     def _queued(self, job: JobRecord) -> None:
         self._metrics.accepted.labels(preset=job.request.preset).inc()
@@ -148,9 +152,10 @@ class JobService:
                 f"request_id {existing.request_id!r} failed for good (job {existing.id}, {existing.error_kind}: "
                 f"{existing.error}); fix the input and submit it with a new request_id"
             )
-        with self._admission:
-            self._check_queue_bound()
-            retried = self._store.retry(existing.id)
+        try:
+            retried = self._store.retry(existing.id, max_queue=self._config.max_queue)
+        except QueueAtCapacity as exc:
+            raise QueueFull(exc.depth, self.retry_after()) from None
         if retried is None:  # a concurrent resubmission requeued it first
             retried = self._store.get(existing.id)
             assert retried is not None

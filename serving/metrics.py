@@ -6,6 +6,10 @@ values are written to those files whatever registry it is registered with, and t
 back with a MultiProcessCollector: so the metrics only need to be *created* in the worker process.
 prometheus_client is imported lazily (inside `create`), as BentoML's docs require, so the import
 happens after the multiprocess directory is known.
+
+The render-side metrics (completed, failed, stage and job seconds, frames) carry a `worker` label: the render
+worker's index on its server (0..SADTALKER_GPUS-1, i.e. its GPU), stable across restarts, unlike its owner id;
+Prometheus' own `instance` label tells the servers apart.
 """
 
 from __future__ import annotations
@@ -16,6 +20,17 @@ from typing import Any
 
 # Renders take seconds to tens of minutes (CPU dev runs, long audio): buckets up to one hour.
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, float("inf"))
+
+
+@dataclass(frozen=True)
+class _WorkerLabelled:
+    """A metric whose `worker` label is fixed for this process: callers pass only their own labels."""
+
+    metric: Any
+    worker: str
+
+    def labels(self, **labels: str) -> Any:
+        return self.metric.labels(worker=self.worker, **labels)
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,7 @@ class JobMetrics:
         return self
 
     @classmethod
-    def create(cls, registry: Any = "default", *, namespace: str = "sadtalker") -> JobMetrics:
+    def create(cls, registry: Any = "default", *, namespace: str = "sadtalker", worker: str = "0") -> JobMetrics:
         """Build the metrics in ``registry``: "default" = the right one for this process, None = unregistered.
 
         Under BentoML (multiprocess mode) "default" means unregistered (see module docstring; registering
@@ -49,10 +64,20 @@ class JobMetrics:
         if registry == "default":
             registry = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else prom.REGISTRY
         common: dict[str, Any] = {"namespace": namespace, "registry": registry}
+
+        def by_worker(metric: Any) -> _WorkerLabelled:
+            return _WorkerLabelled(metric, worker)
+
         return cls(
             accepted=prom.Counter("jobs_accepted", "Jobs accepted by /generate", ["preset"], **common),
-            completed=prom.Counter("jobs_completed", "Jobs rendered successfully", ["preset"], **common),
-            failed=prom.Counter("jobs_failed", "Jobs that ended failed, by failure kind", ["preset", "kind"], **common),
+            completed=by_worker(
+                prom.Counter("jobs_completed", "Jobs rendered successfully", ["preset", "worker"], **common)
+            ),
+            failed=by_worker(
+                prom.Counter(
+                    "jobs_failed", "Jobs that ended failed, by failure kind", ["preset", "kind", "worker"], **common
+                )
+            ),
             # "livemax": with a shared job store every process sees the same depth; max (not sum) is right.
             queue_depth=prom.Gauge(
                 "queue_depth",
@@ -60,15 +85,25 @@ class JobMetrics:
                 multiprocess_mode="livemax",
                 **common,
             ),
-            stage_seconds=prom.Histogram(
-                "stage_seconds", "Seconds spent per pipeline stage", ["stage"], buckets=DURATION_BUCKETS, **common
+            stage_seconds=by_worker(
+                prom.Histogram(
+                    "stage_seconds",
+                    "Seconds spent per pipeline stage",
+                    ["stage", "worker"],
+                    buckets=DURATION_BUCKETS,
+                    **common,
+                )
             ),
-            job_seconds=prom.Histogram(
-                "job_seconds",
-                "Seconds per job from start of rendering to its end",
-                ["preset", "outcome"],
-                buckets=DURATION_BUCKETS,
-                **common,
+            job_seconds=by_worker(
+                prom.Histogram(
+                    "job_seconds",
+                    "Seconds per job from start of rendering to its end",
+                    ["preset", "outcome", "worker"],
+                    buckets=DURATION_BUCKETS,
+                    **common,
+                )
             ),
-            frames_rendered=prom.Counter("frames_rendered", "Video frames rendered", ["preset"], **common),
+            frames_rendered=by_worker(
+                prom.Counter("frames_rendered", "Video frames rendered", ["preset", "worker"], **common)
+            ),
         )

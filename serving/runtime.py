@@ -19,8 +19,8 @@ from serving.joblog import install_client_error_log_filter, install_job_log_filt
 from serving.jobs import JobService
 from serving.metrics import JobMetrics
 from serving.pipeline_factory import Pipeline, build_pipeline
-from serving.schema import SystemInfo
-from serving.store import JobState, JobStore, StoreError, check_database
+from serving.schema import SystemInfo, WorkerInfo
+from serving.store import JobState, JobStore, StoreError, check_database, open_store
 from serving.validation import RequestValidator
 from serving.worker import RenderWorker
 
@@ -55,6 +55,30 @@ def prepare(config: ServingConfig, *, cuda_available: Callable[[], bool] | None 
         raise StartupError(str(exc)) from None
 
 
+def assign_gpu(device: str, worker_index: int) -> str:
+    """The device of render worker ``worker_index``: `cuda:<index>` (made current for this process), or `cpu`."""
+    if device != "cuda":
+        return device
+    import torch
+
+    require_gpus(worker_index + 1)
+    torch.cuda.set_device(worker_index)
+    return f"cuda:{worker_index}"
+
+
+def require_gpus(count: int) -> None:
+    """At least ``count`` CUDA devices are visible (one per render worker); else StartupError saying how many."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if count > visible:
+        raise StartupError(
+            f"SADTALKER_GPUS asks for {count} render workers but {visible} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+            f"set SADTALKER_GPUS to at most {visible}"
+        )
+
+
 def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | None = None) -> str:
     """Everything that must hold before workers start; returns the device. Raises StartupError.
 
@@ -62,6 +86,8 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
     or checkpoint stops `bentoml serve` at once with exit status 1, instead of workers crash-looping.
     """
     device = prepare(config, cuda_available=cuda_available)
+    if device == "cuda":
+        require_gpus(config.gpus)
     check_store(config)
     if config.uses_dev_pipeline:
         log.warning(
@@ -80,13 +106,15 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
 
 
 def check_store(config: ServingConfig) -> None:
-    """The job database is sound (SQLite integrity check) and at this version's layout (migrations run now).
+    """The job database is reachable and sound and at this version's layout (migrations run now).
 
-    Done once, before workers start: a corrupt file stops `serve` with one line instead of a worker restart loop.
+    Done once, before workers start: a corrupt file or an unreachable PostgreSQL stops `serve` with one line
+    instead of a worker restart loop.
     """
     try:
-        check_database(config.database_path)
-        JobStore(config.database_path).close()  # runs pending migrations while nothing else uses the file
+        if config.database_url is None:
+            check_database(config.database_path)  # SQLite's integrity check
+        open_store(config.database_url, config.database_path).close()  # runs pending migrations
     except (StoreError, sqlite3.Error) as exc:
         raise StartupError(one_line(str(exc))) from None
 
@@ -132,21 +160,24 @@ class Runtime:
         cuda_available: Callable[[], bool] | None = None,
         start_worker: bool = True,
         extra_input_roots: Sequence[Path] = (),
+        worker_index: int = 0,
     ) -> Runtime:
         """Check the device, load the models once, open the store, recover interrupted jobs, start the worker.
 
         ``extra_input_roots``: directories the worker may read inputs from besides ``config.input_dirs`` (the
         upload spool, issue 15). Requests reach them only through a validator that allows them (`JobService.submit`
         with the upload validator); the default validator, used by `/generate`, still refuses them.
+        ``worker_index``: 0-based index of this render worker on the server (BentoML's worker id - 1); on CUDA it
+        renders on GPU ``worker_index`` of the visible ones.
         """
-        device = prepare(config, cuda_available=cuda_available)
+        device = assign_gpu(prepare(config, cuda_available=cuda_available), worker_index)
         started = time.monotonic()
         if pipeline is None:
             log.info("loading models from %s on %s ...", config.checkpoint_dir, device)
             pipeline = build_pipeline(config, device)
             log.info("models loaded in %.1fs", time.monotonic() - started)
-        store = JobStore(config.database_path)
-        metrics = metrics or JobMetrics.create().initialise_labels()
+        store = open_store(config.database_url, config.database_path)
+        metrics = metrics or JobMetrics.create(worker=str(worker_index)).initialise_labels()
         worker = RenderWorker(
             pipeline,
             store,
@@ -156,6 +187,7 @@ class Runtime:
             output_dir=config.output_dir,
             max_attempts=config.max_attempts,
             lease_seconds=config.lease_seconds,
+            device=device,
         )
         validator = validator or RequestValidator(config)
         # Import the decoders now: the first request should not pay for importing cv2/soundfile.
@@ -226,4 +258,20 @@ class Runtime:
             versions={"torch": torch.__version__, "bentoml": bentoml.__version__},
             precision=self.config.precision,
             compiled=self.config.compile and not self.config.uses_dev_pipeline,
+            worker=self.worker.owner,
+            workers=self.workers(),
         )
+
+    def workers(self) -> list[WorkerInfo]:
+        """Live render workers on the store: announced within the last lease (they announce every few seconds)."""
+        now = time.time()
+        return [
+            WorkerInfo(
+                worker=record.owner,
+                device=record.device,
+                current_job=record.current_job,
+                started_at=record.started_at,
+                seen_seconds_ago=round(max(0.0, now - record.seen_at), 1),
+            )
+            for record in self.store.workers(seen_within=max(self.config.lease_seconds, 10.0))
+        ]

@@ -140,6 +140,16 @@ class JobStatus(BaseModel):
     render_seconds: float | None
 
 
+class WorkerInfo(BaseModel):
+    """One render worker (of any process or server on the store) that announced itself recently."""
+
+    worker: str  # owner id: host:pid:random
+    device: str
+    current_job: str | None
+    started_at: float
+    seen_seconds_ago: float
+
+
 class SystemInfo(BaseModel):
     device: str
     gpu_name: str | None
@@ -158,3 +168,5 @@ class SystemInfo(BaseModel):
     versions: dict[str, str]
     precision: str = "exact"  # SADTALKER_PRECISION: default precision of jobs
     compiled: bool = False  # SADTALKER_COMPILE: per-frame networks compiled at start-up
+    worker: str = ""  # the worker of the process that answered
+    workers: list[WorkerInfo] = []  # every live worker on the job store (all processes, all servers)

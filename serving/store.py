@@ -1,4 +1,9 @@
-"""Durable job records in SQLite: the queue of the render workers survives restarts.
+"""Durable job records: the queue of the render workers survives restarts.
+
+`JobStore` is the interface the rest of serving talks to; `SqliteJobStore` (here, the embedded default: one
+host) and `serving.store_postgres.PostgresJobStore` (several servers on one database) implement it, and
+`open_store` picks one from the configuration. The notes below describe the SQLite implementation; the
+PostgreSQL one keeps the same semantics (see its module).
 
 The table is the queue: a worker claims the oldest `queued` row, so nothing lives only in memory.
 Write-ahead logging lets status queries read while the worker writes; `synchronous=FULL` makes a
@@ -21,12 +26,13 @@ statement here is tiny, and the `timeout` covers the rare write of another proce
 
 from __future__ import annotations
 
+import abc
 import enum
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +99,19 @@ ALTER TABLE jobs_v2 RENAME TO jobs;
 CREATE INDEX jobs_state ON jobs (state, seq);
 """
 
+# Version 3: the render workers announce themselves (device, current job) for /system_info across processes.
+_V3_MIGRATION = """
+CREATE TABLE workers (
+    owner        TEXT    PRIMARY KEY,
+    device       TEXT    NOT NULL,
+    current_job  TEXT,
+    started_at   REAL    NOT NULL,
+    seen_at      REAL    NOT NULL
+);
+"""
+
 #: Ordered layout changes: MIGRATIONS[n - 1] turns a version n-1 database into version n (0 = empty file).
-MIGRATIONS: tuple[str, ...] = (_V1_SCHEMA, _V2_MIGRATION)
+MIGRATIONS: tuple[str, ...] = (_V1_SCHEMA, _V2_MIGRATION, _V3_MIGRATION)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
@@ -115,7 +132,8 @@ class StoreError(RuntimeError):
 
 
 class StoreFull(RuntimeError):
-    """The job database could not be written: its disk is full or read-only (HTTP 503 on /generate)."""
+    """The job database could not be written: its disk is full or read-only, or (PostgreSQL) it cannot be reached
+    (HTTP 503 on /generate)."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +156,31 @@ class JobRecord:
     finished_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, request_type: type[JobRequest]) -> JobRecord:
+    def from_row(cls, row: Mapping[str, object], request_type: type[JobRequest]) -> JobRecord:
+        """One row of either store: the request is JSON text (SQLite) or an already decoded object (PostgreSQL)."""
         fields = dict(row)
-        fields["request"] = request_type.model_validate_json(row["request"])
-        fields["state"] = JobState(row["state"])
-        fields["output_path"] = Path(row["output_path"])
-        return cls(**fields)
+        raw = row["request"]
+        fields["request"] = (
+            request_type.model_validate_json(raw) if isinstance(raw, str | bytes) else request_type.model_validate(raw)
+        )
+        fields["state"] = JobState(str(row["state"]))
+        fields["output_path"] = Path(str(row["output_path"]))
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A render worker as it last announced itself (every few seconds while alive)."""
+
+    owner: str
+    device: str
+    current_job: str | None
+    started_at: float
+    seen_at: float
+
+
+#: Announcements older than this are dropped from the table (a worker killed long ago).
+WORKER_FORGET_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +189,14 @@ class RecoveryReport:
 
     requeued: tuple[str, ...]
     abandoned: tuple[str, ...]
+
+
+class QueueAtCapacity(Exception):
+    """`insert`/`retry` with ``max_queue``: that many jobs are already queued (in the whole store, every server)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} jobs queued")
+        self.depth = depth
 
 
 class DuplicateRequestId(Exception):
@@ -189,13 +234,144 @@ def check_database(path: Path) -> None:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """SQLite's 'database or disk is full' / read-only / I/O errors: the state disk, not the request."""
-    return isinstance(exc, sqlite3.OperationalError) and any(
-        text in str(exc) for text in ("disk is full", "readonly", "read-only", "disk I/O error")
+    """The store cannot write for lack of space or write access: the state disk/database, not the request.
+
+    SQLite: 'database or disk is full' / read-only / I/O errors. PostgreSQL (psycopg's SQLSTATE classes, by name
+    so this module does not import the driver): disk full, out of memory, read-only transaction (a standby).
+    """
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(text in str(exc) for text in ("disk is full", "readonly", "read-only", "disk I/O error"))
+    return type(exc).__name__ in {"DiskFull", "InsufficientResources", "OutOfMemory", "ReadOnlySqlTransaction"}
+
+
+def is_store_unreachable(exc: BaseException) -> bool:
+    """The PostgreSQL server cannot be reached or dropped the connection (psycopg's OperationalError family)."""
+    if isinstance(exc, StoreError):
+        return True
+    return type(exc).__module__.startswith("psycopg") and any(
+        cls.__name__ == "OperationalError" for cls in type(exc).__mro__
     )
 
 
-class JobStore:
+class JobStore(abc.ABC):
+    """The job queue the service talks to; one instance per process, thread-safe.
+
+    Every implementation gives the same guarantees: a committed `insert` survives a crash; `claim_next` hands
+    a queued job to exactly one owner; writes about a running job land only while the writer owns it; the
+    queue bound (``max_queue``) and request_id uniqueness hold across every process using the store.
+    """
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> int:
+        """The layout version the store is at (its own migrations)."""
+
+    # -- submission
+    @abc.abstractmethod
+    def insert(self, request: JobRequest, output_path: Path, *, max_queue: int | None = None) -> JobRecord:
+        """Record an accepted job as `queued`, committed before returning.
+
+        Raises DuplicateRequestId (request_id taken), QueueAtCapacity (``max_queue`` jobs already queued; the
+        count and the insert are one atomic step for every process on the store).
+        """
+
+    @abc.abstractmethod
+    def retry(self, job_id: str, *, max_queue: int | None = None) -> JobRecord | None:
+        """A failed job back to `queued` (new attempt series); None if it is not failed. May raise QueueAtCapacity."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def get_by_request_id(self, request_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def is_output_reserved(self, path: Path) -> bool: ...
+
+    @abc.abstractmethod
+    def count(self, state: JobState) -> int: ...
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def recent(self, limit: int) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    def queued(self) -> list[JobRecord]:
+        """Queued jobs in the order the workers will render them."""
+
+    @abc.abstractmethod
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to render, 2 for the one after...; None unless the job is queued."""
+
+    @abc.abstractmethod
+    def mean_job_seconds(self, last: int = 20) -> float | None:
+        """Mean wall time of the last completed jobs (for Retry-After); None before the first one."""
+
+    # -- worker side
+    @abc.abstractmethod
+    def recover(self, max_attempts: int) -> RecoveryReport:
+        """Running jobs whose lease expired go back to the queue (or fail after ``max_attempts``)."""
+
+    @abc.abstractmethod
+    def claim_next(self, owner: str, lease_seconds: float, output_dir: Path | None = None) -> JobRecord | None:
+        """Atomically move the oldest queued job to `running`, owned by ``owner`` until its lease expires."""
+
+    @abc.abstractmethod
+    def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> bool: ...
+
+    @abc.abstractmethod
+    def live_job_ids(self) -> set[str]: ...
+
+    @abc.abstractmethod
+    def set_progress(self, job_id: str, owner: str, stage: str, progress: float) -> None: ...
+
+    @abc.abstractmethod
+    def complete(self, job_id: str, owner: str) -> bool: ...
+
+    @abc.abstractmethod
+    def fail(self, job_id: str, owner: str, error: str, kind: str) -> bool: ...
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str, owner: str, reason: str) -> bool:
+        """Put a gracefully interrupted job back at its place in the queue; the attempt does not count."""
+
+    # -- worker registry (for /system_info)
+    @abc.abstractmethod
+    def announce_worker(self, owner: str, device: str, current_job: str | None) -> None:
+        """Record that ``owner`` is alive on ``device``, rendering ``current_job`` (upsert; seen_at = now)."""
+
+    @abc.abstractmethod
+    def workers(self, seen_within: float) -> list[WorkerRecord]:
+        """Workers that announced themselves in the last ``seen_within`` seconds, oldest first."""
+
+    @abc.abstractmethod
+    def forget_worker(self, owner: str) -> None:
+        """A worker stopped cleanly: remove its announcement."""
+
+
+def open_store(
+    database_url: str | None,
+    sqlite_path: Path | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    request_type: type[JobRequest] = JobRequest,
+) -> JobStore:
+    """PostgreSQL when ``database_url`` is set (SADTALKER_DATABASE_URL), else the SQLite file ``sqlite_path``."""
+    if database_url:
+        from serving.store_postgres import PostgresJobStore
+
+        return PostgresJobStore(database_url, clock=clock, request_type=request_type)
+    if sqlite_path is None:
+        raise ValueError("open_store: give a PostgreSQL URL or an SQLite file path")
+    return SqliteJobStore(sqlite_path, clock=clock, request_type=request_type)
+
+
+class SqliteJobStore(JobStore):
     """SQLite-backed job table. Thread-safe; one instance per process (several processes may share the file)."""
 
     def __init__(
@@ -257,11 +433,14 @@ class JobStore:
 
     # -- submission -------------------------------------------------------------------------------------------
 
-    def insert(self, request: JobRequest, output_path: Path) -> JobRecord:
+    def insert(self, request: JobRequest, output_path: Path, *, max_queue: int | None = None) -> JobRecord:
         """Record an accepted job as `queued` (committed durably before returning)."""
         job_id = uuid.uuid4().hex
         try:
+            # BEGIN IMMEDIATE takes the database's write lock first: the count and the insert are atomic for
+            # every process on the file.
             with self._transaction() as db:
+                self._check_bound(db, max_queue)
                 db.execute(
                     "INSERT INTO jobs (id, request_id, fingerprint, request, state, output_path, created_at) "
                     "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
@@ -280,9 +459,19 @@ class JobStore:
             raise
         return self._must(job_id)
 
-    def retry(self, job_id: str) -> JobRecord | None:
+    @staticmethod
+    def _check_bound(db: sqlite3.Connection, max_queue: int | None) -> None:
+        if max_queue is not None:
+            (depth,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()
+            if depth >= max_queue:
+                raise QueueAtCapacity(int(depth))
+
+    def retry(self, job_id: str, *, max_queue: int | None = None) -> JobRecord | None:
         """A failed job back to `queued` as a new attempt series (resubmission); None if it is not failed."""
         with self._transaction() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ? AND state = 'failed'", (job_id,)).fetchone() is None:
+                return None
+            self._check_bound(db, max_queue)
             changed = db.execute(
                 "UPDATE jobs SET state = 'queued', progress = 0, stage = 'resubmitted', error = NULL, "
                 "error_kind = NULL, attempts = 0, started_at = NULL, finished_at = NULL, owner = NULL, "
@@ -439,6 +628,30 @@ class JobStore:
             job_id,
             owner,
         )
+
+    def announce_worker(self, owner: str, device: str, current_job: str | None) -> None:
+        now = self._clock()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO workers (owner, device, current_job, started_at, seen_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (owner) DO UPDATE SET device = excluded.device, current_job = excluded.current_job, "
+                "seen_at = excluded.seen_at",
+                (owner, device, current_job, now, now),
+            )
+            db.execute("DELETE FROM workers WHERE seen_at < ?", (now - WORKER_FORGET_SECONDS,))
+
+    def workers(self, seen_within: float) -> list[WorkerRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, device, current_job, started_at, seen_at FROM workers WHERE seen_at >= ? "
+                "ORDER BY started_at, owner",
+                (self._clock() - seen_within,),
+            ).fetchall()
+        return [WorkerRecord(**dict(row)) for row in rows]
+
+    def forget_worker(self, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
 
     def _finish(self, assignments: str, params: tuple[object, ...], job_id: str, owner: str) -> bool:
         with self._transaction() as db:

@@ -232,8 +232,10 @@ class RenderWorker:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         terminal_write_seconds: float = TERMINAL_WRITE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        device: str = "cpu",
     ) -> None:
         self._pipeline = pipeline
+        self.device = device
         self._store = store
         self._metrics = metrics
         self._temp_root = Path(temp_root)
@@ -347,6 +349,13 @@ class RenderWorker:
         current = self._current
         return None if current is None else current.id
 
+    def announce(self) -> None:
+        """Tell the store this worker is alive, on which device, rendering what (read by /system_info)."""
+        try:
+            self._store.announce_worker(self.owner, self.device, self.current_job_id)
+        except Exception as exc:  # informative only: a failed announcement must not stop rendering
+            log.warning("worker announcement skipped (%s: %s)", type(exc).__name__, exc)
+
     def update_queue_gauge(self) -> int:
         depth = self._store.count(JobState.QUEUED)
         self._metrics.queue_depth.set(depth)
@@ -355,11 +364,12 @@ class RenderWorker:
     # -- rendering --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        log.info("render worker %s started", self.owner)
+        log.info("render worker %s started on %s", self.owner, self.device)
         while not self._stopping.is_set():
             with self._wake:
                 # Cleared BEFORE looking at the queue: a notify() from now on makes us look again.
                 self._pending = False
+            self.announce()
             try:
                 record = self.process_one()
             except Exception:  # the store failed (disk full, ...): log, back off, keep serving
@@ -371,6 +381,8 @@ class RenderWorker:
                     if not self._pending and not self._stopping.is_set():
                         # Also the pace at which expired leases of other workers are noticed.
                         self._wake.wait(timeout=min(5.0, self._lease_seconds))
+        with contextlib.suppress(Exception):
+            self._store.forget_worker(self.owner)
         log.info("render worker stopped")
 
     def process_one(self) -> JobRecord | None:
@@ -383,6 +395,7 @@ class RenderWorker:
             return None
         self._current = job
         try:
+            self.announce()
             self.update_queue_gauge()
             with job_context(job.id, job.request_id):
                 ended = self._render(job)
@@ -409,6 +422,7 @@ class RenderWorker:
 
         def beat() -> None:
             while not done.wait(self._lease_seconds / 3):
+                self.announce()
                 try:
                     if not self._store.renew_lease(job.id, self.owner, self._lease_seconds):
                         log.error("job=%s lease lost: another worker took the job back; abandoning", job.id)

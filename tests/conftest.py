@@ -102,3 +102,27 @@ def conformance_arrays(golden_case_dir: Path, talker) -> dict[str, np.ndarray]:
     from sadtalker.conformance import Case, run_case
 
     return run_case(Case.read(golden_case_dir), talker)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server for this session (see tests/postgres_server.py); stopped at the end.
+
+    Skips with the reason where PostgreSQL is missing; with CI=true that is a failure instead.
+    """
+    from tests.postgres_server import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL test server cannot start: {exc}")
+        pytest.skip(f"PostgreSQL test server cannot start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database()

@@ -332,11 +332,12 @@ def test_metrics_count_exactly_what_happened(served: tuple[Server, Dirs]) -> Non
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     assert delta('sadtalker_jobs_accepted_total{preset="crop"}') == 2
-    assert delta('sadtalker_jobs_completed_total{preset="crop"}') == 1
-    assert delta('sadtalker_jobs_failed_total{kind="render",preset="crop"}') == 1
-    assert delta('sadtalker_frames_rendered_total{preset="crop"}') == 25  # 1 s of audio; the failed job adds none
+    assert delta('sadtalker_jobs_completed_total{preset="crop",worker="0"}') == 1
+    assert delta('sadtalker_jobs_failed_total{kind="render",preset="crop",worker="0"}') == 1
+    # 1 s of audio; the failed job adds none
+    assert delta('sadtalker_frames_rendered_total{preset="crop",worker="0"}') == 25
     assert after["sadtalker_queue_depth"] == 0
-    assert delta('sadtalker_job_seconds_bucket{le="3600.0",outcome="completed",preset="crop"}') == 1
+    assert delta('sadtalker_job_seconds_bucket{le="3600.0",outcome="completed",preset="crop",worker="0"}') == 1
     assert any(name.startswith("sadtalker_stage_seconds_count") for name in after)
 
 

@@ -59,6 +59,8 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("SADTALKER_MAX_AUDIO_SECONDS", "abc", "SADTALKER_MAX_AUDIO_SECONDS='abc' is not a number"),
         ("SADTALKER_PIPELINE_FACTORY", "no_colon", "must look like 'package.module:callable'"),
         ("SADTALKER_INPUT_DIRS", "/definitely/not/here", "SADTALKER_INPUT_DIRS: /definitely/not/here is not an"),
+        ("SADTALKER_GPUS", "0", "SADTALKER_GPUS='0' must be >= 1"),
+        ("SADTALKER_DATABASE_URL", "mysql://x/y", "SADTALKER_DATABASE_URL must be a postgresql:// URL"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str, expected: str) -> None:
@@ -87,3 +89,16 @@ def test_prepare_directories_reports_unusable_dir(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="SADTALKER_OUTPUT_DIR: cannot create"):
         config.prepare_directories()
+
+
+def test_gpu_count_and_database_url() -> None:
+    # Without SADTALKER_GPUS: the GPUs CUDA_VISIBLE_DEVICES exposes (up to the first invalid index); 1 without any.
+    assert ServingConfig.from_env({"CUDA_VISIBLE_DEVICES": "0,2,3"}).gpus == 3
+    assert ServingConfig.from_env({"CUDA_VISIBLE_DEVICES": "1,-1,2"}).gpus == 1
+    assert ServingConfig.from_env({"CUDA_VISIBLE_DEVICES": ""}).gpus == 1
+    assert ServingConfig.from_env({"CUDA_VISIBLE_DEVICES": "0,1", "SADTALKER_GPUS": "1"}).gpus == 1
+    assert ServingConfig.gpus_from_env({"SADTALKER_GPUS": "4"}) == 4
+    assert ServingConfig.gpus_from_env({"SADTALKER_GPUS": "zero"}) == 1  # preflight reports the bad value
+    assert ServingConfig.from_env({}).database_url is None  # SQLite in the state dir
+    url = "postgresql://sadtalker:secret@db.internal:5432/sadtalker"
+    assert ServingConfig.from_env({"SADTALKER_DATABASE_URL": url}).database_url == url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from test_serving_validation import make_config, write_png, write_wav
 from serving.config import ServingConfig
 from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.metrics import JobMetrics
-from serving.runtime import Runtime, StartupError, one_line, preflight
+from serving.runtime import Runtime, StartupError, assign_gpu, one_line, preflight
 from serving.schema import GenerateRequest
 from serving.store import JobState, StoreFull
 from serving.validation import RequestInvalid
@@ -208,9 +209,23 @@ def test_no_cuda_without_opt_in_refuses_to_start(tmp_path: Path) -> None:
         preflight(config, cuda_available=lambda: False)
 
 
-def test_cuda_is_used_when_available(tmp_path: Path) -> None:
+def test_cuda_is_used_when_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    made_current: list[int] = []
+    # This machine has no GPU: pretend two are visible, and record which one the worker makes current.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
     config = make_config(tmp_path, allow_cpu=True)
-    assert start(config, cuda_available=lambda: True).device == "cuda"
+    assert start(config, cuda_available=lambda: True).device == "cuda:0"
+    # The second render worker of the server (BentoML worker 2) takes the second GPU, a third has none.
+    assert assign_gpu("cuda", 1) == "cuda:1" and made_current == [0, 1]
+    with pytest.raises(StartupError, match="SADTALKER_GPUS to at most 2"):
+        assign_gpu("cuda", 2)
+    # preflight (before BentoML spawns the workers) refuses more workers than GPUs in one line.
+    with pytest.raises(StartupError, match="asks for 3 render workers but 2 GPU"):
+        preflight(dataclasses.replace(config, gpus=3), cuda_available=lambda: True)
+    assert assign_gpu("cpu", 2) == "cpu"
 
 
 def test_missing_checkpoints_fail_preflight_in_one_line(tmp_path: Path) -> None:

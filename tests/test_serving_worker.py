@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from sadtalker.errors import NoFaceError
 from serving.metrics import JobMetrics
 from serving.schema import JobRequest
-from serving.store import JobState, JobStore
+from serving.store import JobState, SqliteJobStore
 from serving.worker import RenderWorker
 from tests.fakes import FakePipeline
 
@@ -25,7 +25,7 @@ class Harness:
         self.out.mkdir(parents=True)
         self.registry = CollectorRegistry()
         self.metrics = JobMetrics.create(self.registry)
-        self.store = JobStore(tmp_path / "state" / "jobs.sqlite3")
+        self.store = SqliteJobStore(tmp_path / "state" / "jobs.sqlite3")
         self.temp_root = tmp_path / "state" / "tmp"
         self.inputs = tmp_path / "inputs"
         self.inputs.mkdir()
@@ -54,7 +54,9 @@ class Harness:
         return self.store.insert(job, self.out / f"video{self._n}.mp4").id
 
     def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
+        # Render-side metrics carry the worker's index (0 here); the others have no worker label.
+        found = self.registry.get_sample_value(name, labels | {"worker": "0"})
+        return found if found is not None else self.registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -243,7 +245,7 @@ def test_recover_cleans_stale_temp_dirs_and_requeues(tmp_path: Path) -> None:
     first.store.close()
 
     # The next process: same state dir, new store connection, new worker.
-    store = JobStore(tmp_path / "state" / "jobs.sqlite3")
+    store = SqliteJobStore(tmp_path / "state" / "jobs.sqlite3")
     metrics = JobMetrics.create(CollectorRegistry())
     worker = RenderWorker(
         FakePipeline(render_seconds=0.0), store, metrics, temp_root=first.temp_root, input_roots=[first.inputs]
@@ -291,7 +293,7 @@ def test_input_swapped_for_a_symlink_after_acceptance_fails_the_job(harness: Har
     assert harness.pipeline.calls == []  # nothing outside the roots was handed to the pipeline
 
 
-class FlakyStore(JobStore):
+class FlakyStore(SqliteJobStore):
     """A real store whose writes fail like a full disk while `full` is set."""
 
     full = False
