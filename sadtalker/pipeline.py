@@ -16,7 +16,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -296,11 +296,19 @@ class SadTalker:
         progress: ProgressCallback | None = None,
         temp_dir: str | Path | None = None,
         reference_landmarks: Mapping[str, np.ndarray] | None = None,
+        ref_eyeblink: str | Path | None = None,
+        ref_pose: str | Path | None = None,
+        input_yaw: Sequence[float] | None = None,
+        input_pitch: Sequence[float] | None = None,
+        input_roll: Sequence[float] | None = None,
     ) -> Path:
         """Render one talking-head video to ``output_path`` (written under a temporary name, then renamed).
 
         ``reference_landmarks`` maps ``ref_eyeblink`` / ``ref_pose`` to (N, 68, 2) landmarks per frame of that
         video (skips detection there, like ``landmarks`` for the photo).
+
+        ``ref_eyeblink`` ... ``input_roll``: the motion controls of `GenerateOptions` given by keyword (how the
+        service's request passes them); each one given replaces that field of ``options`` / the preset.
 
         Raises ``InputError`` subclasses (with ``.field``) for unusable inputs and ``RenderError`` when
         encoding fails; no partial output file is left behind either way.
@@ -308,6 +316,11 @@ class SadTalker:
         from sadtalker.video import VideoWriter
 
         options = resolve_options(preset, options, size=self.default_size)
+        controls = {"ref_eyeblink": ref_eyeblink, "ref_pose": ref_pose, "input_yaw": input_yaw,
+                    "input_pitch": input_pitch, "input_roll": input_roll}  # fmt: skip
+        given = {name: value for name, value in controls.items() if value is not None}
+        if given:
+            options = replace(options, **given)  # re-validated by GenerateOptions.__post_init__
         seed = options.seed if options.seed is not None else secrets.randbits(31)
         output_path = Path(output_path)
         tracker = _Progress(progress)
