@@ -2,8 +2,9 @@
 
 * `POST /generate_upload` multipart: files `source_image`, `driven_audio`, `ref_eyeblink?`, `ref_pose?`; fields
   `option`, `request_id?`, `landmarks?`, `input_yaw?`, `input_pitch?`, `input_roll?` (JSON text, e.g. `[-30, 30]`).
-  Streamed into the spool (serving/uploads.py), then the SAME `JobService.submit` `/generate` uses (with a validator whose only input root is the spool): same checks, queue, answer `1`,
-  headers and error codes, plus 413 for oversized files.
+  Streamed into the spool (serving/uploads.py), then the SAME `JobService.submit` `/generate` uses (with a
+  validator whose only input root is the spool): same checks, queue, answer `1`, headers and error
+  codes, plus 413 for oversized files.
 * `GET /video?request_id=...` (or `?job_id=`, like /status): the finished mp4 (`video/mp4`, Range requests
   supported for seeking); 404 unknown, 409 queued/running (body: state, progress, stage, queue_position),
   410 failed (body: error) or deleted.
