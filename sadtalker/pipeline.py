@@ -69,13 +69,19 @@ class _Progress:
             self.callback(name, round(done, 4))
 
 
-def resolve_options(preset: Preset | None, options: GenerateOptions | None, size: int = 256) -> GenerateOptions:
-    """Explicit options, or a preset rendered at ``size``."""
+def resolve_options(
+    preset: Preset | None,
+    options: GenerateOptions | None,
+    size: int = 256,
+    controls: Mapping[str, object] | None = None,
+) -> GenerateOptions:
+    """Explicit options, or a preset rendered at ``size``; then every control in ``controls`` that is not None
+    (motion controls passed by keyword, as the service does) replaces that field (validated by GenerateOptions)."""
     if options is not None and preset is not None:
         raise ValueError("give either preset or options, not both")
-    if options is not None:
-        return options
-    return GenerateOptions.preset(preset or "crop", size=size)
+    resolved = options if options is not None else GenerateOptions.preset(preset or "crop", size=size)
+    given = {name: value for name, value in (controls or {}).items() if value is not None}
+    return replace(resolved, **given) if given else resolved  # type: ignore[arg-type]
 
 
 class SadTalker:
@@ -315,12 +321,9 @@ class SadTalker:
         """
         from sadtalker.video import VideoWriter
 
-        options = resolve_options(preset, options, size=self.default_size)
         controls = {"ref_eyeblink": ref_eyeblink, "ref_pose": ref_pose, "input_yaw": input_yaw,
                     "input_pitch": input_pitch, "input_roll": input_roll}  # fmt: skip
-        given = {name: value for name, value in controls.items() if value is not None}
-        if given:
-            options = replace(options, **given)  # re-validated by GenerateOptions.__post_init__
+        options = resolve_options(preset, options, size=self.default_size, controls=controls)
         seed = options.seed if options.seed is not None else secrets.randbits(31)
         output_path = Path(output_path)
         tracker = _Progress(progress)

@@ -269,6 +269,21 @@ def test_every_pipeline_argument_of_the_request_is_a_parameter_of_the_real_pipel
     assert set(fields) - set(parameters) == set()
 
 
+def test_the_pipeline_applies_keyword_controls_on_top_of_the_preset() -> None:
+    from sadtalker.pipeline import resolve_options
+
+    plain = resolve_options("full", None, size=512, controls=dict.fromkeys(("ref_pose", "input_yaw")))
+    assert plain == resolve_options("full", None, size=512)  # absent controls change nothing
+    options = resolve_options(
+        "full", None, size=512, controls={"ref_pose": "/tmp/job/nod.mp4", "input_yaw": (-30.0, 30.0)}
+    )
+    assert (options.preprocess, options.still, options.size) == ("full", True, 512)  # the preset is kept
+    assert options.ref_pose == Path("/tmp/job/nod.mp4") and options.input_yaw == (-30.0, 30.0)
+    assert options.ref_eyeblink is None and options.input_pitch is None
+    with pytest.raises(ValueError, match="input_roll angles must lie in"):
+        resolve_options("crop", None, controls={"input_roll": (500.0,)})
+
+
 # -- /generate_upload --------------------------------------------------------------------------------------------
 
 
