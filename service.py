@@ -50,7 +50,7 @@ from serving.config import ConfigError, ServingConfig
 from serving.http_limits import RequestLimits
 from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
-from serving.schema import GenerateRequest, JobStatus, RequestId, SystemInfo
+from serving.schema import INPUT_FILE_FIELDS, GenerateRequest, JobStatus, RequestId, SystemInfo
 from serving.store import StoreFull
 from serving.uploads import is_spool_path
 from serving.validation import RequestInvalid
@@ -133,9 +133,10 @@ class SadTalkerService:
         whole, so a new request field is declared in serving/schema.py only.
         """
         request = GenerateRequest(**fields)
-        for name in ("source_image", "driven_audio"):
+        for name in INPUT_FILE_FIELDS:
             raw = getattr(request, name)
-            if is_spool_path(self.runtime.config, raw):  # issue 15: uploads of other clients are not nameable
+            # Issue 15: uploads of other clients are not nameable.
+            if raw is not None and is_spool_path(self.runtime.config, raw):
                 return _reject(ctx, 400, {"error": f"{name}: {raw} is outside the allowed input directories",
                                           "field": name})
         try:

@@ -16,7 +16,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,13 +71,19 @@ class _Progress:
             self.callback(name, round(done, 4))
 
 
-def resolve_options(preset: Preset | None, options: GenerateOptions | None, size: int = 256) -> GenerateOptions:
-    """Explicit options, or a preset rendered at ``size``."""
+def resolve_options(
+    preset: Preset | None,
+    options: GenerateOptions | None,
+    size: int = 256,
+    controls: Mapping[str, object] | None = None,
+) -> GenerateOptions:
+    """Explicit options, or a preset rendered at ``size``; then every control in ``controls`` that is not None
+    (motion controls passed by keyword, as the service does) replaces that field (validated by GenerateOptions)."""
     if options is not None and preset is not None:
         raise ValueError("give either preset or options, not both")
-    if options is not None:
-        return options
-    return GenerateOptions.preset(preset or "crop", size=size)
+    resolved = options if options is not None else GenerateOptions.preset(preset or "crop", size=size)
+    given = {name: value for name, value in (controls or {}).items() if value is not None}
+    return replace(resolved, **given) if given else resolved  # type: ignore[arg-type]
 
 
 class SadTalker:
@@ -345,18 +351,28 @@ class SadTalker:
         progress: ProgressCallback | None = None,
         temp_dir: str | Path | None = None,
         reference_landmarks: Mapping[str, np.ndarray] | None = None,
+        ref_eyeblink: str | Path | None = None,
+        ref_pose: str | Path | None = None,
+        input_yaw: Sequence[float] | None = None,
+        input_pitch: Sequence[float] | None = None,
+        input_roll: Sequence[float] | None = None,
     ) -> Path:
         """Render one talking-head video to ``output_path`` (written under a temporary name, then renamed).
 
         ``reference_landmarks`` maps ``ref_eyeblink`` / ``ref_pose`` to (N, 68, 2) landmarks per frame of that
         video (skips detection there, like ``landmarks`` for the photo).
 
+        ``ref_eyeblink`` ... ``input_roll``: the motion controls of `GenerateOptions` given by keyword (how the
+        service's request passes them); each one given replaces that field of ``options`` / the preset.
+
         Raises ``InputError`` subclasses (with ``.field``) for unusable inputs and ``RenderError`` when
         encoding fails; no partial output file is left behind either way.
         """
         from sadtalker.video import VideoWriter
 
-        options = resolve_options(preset, options, size=self.default_size)
+        controls = {"ref_eyeblink": ref_eyeblink, "ref_pose": ref_pose, "input_yaw": input_yaw,
+                    "input_pitch": input_pitch, "input_roll": input_roll}  # fmt: skip
+        options = resolve_options(preset, options, size=self.default_size, controls=controls)
         seed = options.seed if options.seed is not None else secrets.randbits(31)
         output_path = Path(output_path)
         tracker = _Progress(progress)

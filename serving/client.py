@@ -89,11 +89,14 @@ def generate_and_wait(
     timeout_seconds: float = 3600.0,
     on_status: Any = None,
     download_to: str | os.PathLike[str] | None = None,
+    **motion: Any,
 ) -> dict[str, Any]:
     """Submit one video and follow ``/status`` until it is ready; returns the final job record.
 
     With ``download_to`` the two paths are LOCAL files: they are uploaded (``/generate_upload``) and the finished
     video is saved there (``/video``), so this works against a remote server. Without it they are server paths.
+    ``motion``: the optional motion controls ``ref_eyeblink`` / ``ref_pose`` (video paths, local or on the server
+    like the other two) and ``input_yaw`` / ``input_pitch`` / ``input_roll`` (lists of degrees).
 
     ``request_id`` defaults to a fresh one; resubmitting with the same id never renders twice, so this is safe
     to retry after a lost connection.  Raises ``JobFailed`` if the render fails, ``TimeoutError`` if it is not
@@ -106,7 +109,8 @@ def generate_and_wait(
     if download_to is not None:
         retry_unavailable(
             lambda: upload_files(
-                client, source_image=source_image, driven_audio=driven_audio, option=option, request_id=request_id
+                client, source_image=source_image, driven_audio=driven_audio, option=option, request_id=request_id,
+                **motion,
             ),
             deadline=deadline,
         )
@@ -114,7 +118,7 @@ def generate_and_wait(
         answer = retry_unavailable(
             lambda: client.generate(
                 driven_audio=_plain(driven_audio), source_image=_plain(source_image), option=option,
-                request_id=request_id,
+                request_id=request_id, **{name: _plain(value) for name, value in motion.items() if value is not None},
             ),
             deadline=deadline,
         )
@@ -159,25 +163,35 @@ def upload_files(
     request_id: str | None = None,
     landmarks: list[list[float]] | None = None,
     timeout_seconds: float = 600.0,
+    ref_eyeblink: str | os.PathLike[str] | None = None,
+    ref_pose: str | os.PathLike[str] | None = None,
+    input_yaw: list[float] | None = None,
+    input_pitch: list[float] | None = None,
+    input_roll: list[float] | None = None,
 ) -> str:
-    """Upload a local portrait and recording (``/generate_upload``); returns the job id. Raises ServiceError."""
+    """Upload a local portrait and recording (``/generate_upload``); returns the job id. Raises ServiceError.
+
+    ``ref_eyeblink`` / ``ref_pose``: local reference videos, uploaded too; the angle lists go as JSON text."""
+    import contextlib
     import json
     from pathlib import Path
 
     data = {"option": option}
     if request_id is not None:
         data["request_id"] = request_id
-    if landmarks is not None:
-        data["landmarks"] = json.dumps(landmarks)
-    image, audio = Path(source_image), Path(driven_audio)
-    with open(image, "rb") as image_file, open(audio, "rb") as audio_file:
-        response = client.request(
-            "POST",
-            "/generate_upload",
-            data=data,
-            files={"source_image": (image.name, image_file), "driven_audio": (audio.name, audio_file)},
-            timeout=timeout_seconds,
-        )
+    for name, value in (("landmarks", landmarks), ("input_yaw", input_yaw), ("input_pitch", input_pitch),
+                        ("input_roll", input_roll)):  # fmt: skip
+        if value is not None:
+            data[name] = json.dumps(value)
+    paths = {"source_image": source_image, "driven_audio": driven_audio, "ref_eyeblink": ref_eyeblink,
+             "ref_pose": ref_pose}  # fmt: skip
+    with contextlib.ExitStack() as files_open:
+        files = {
+            name: (Path(path).name, files_open.enter_context(open(path, "rb")))  # noqa: SIM115 (closed by the stack)
+            for name, path in paths.items()
+            if path is not None
+        }
+        response = client.request("POST", "/generate_upload", data=data, files=files, timeout=timeout_seconds)
     _raise_for(response)
     return str(response.headers.get("x-sadtalker-job-id", ""))
 

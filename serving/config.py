@@ -19,6 +19,9 @@ instead of surfacing later as a confusing per-request failure.
   size, as GFPGAN upscales by 2 like the original, so 2048² keeps it within H.264's 4096² range).
 * SADTALKER_MAX_AUDIO_BYTES (100 MiB), SADTALKER_MAX_AUDIO_SECONDS (300): audio caps (25 video frames
   per second of audio).
+* SADTALKER_MAX_VIDEO_BYTES (100 MiB), SADTALKER_MAX_VIDEO_SECONDS (300): caps of the optional reference
+  videos `ref_eyeblink` / `ref_pose` (their frame size is capped by SADTALKER_MAX_IMAGE_PIXELS; only as many
+  frames as the audio has are decoded, so a longer video only costs bytes).
 * SADTALKER_MAX_ATTEMPTS (3): a job whose render was cut short this many times (process killed or
   crashed mid-render) is marked failed instead of being retried forever.
 * SADTALKER_SIZE (256): render size, 256 or 512 (which SadTalker_V0.0.2_<size>.safetensors is loaded).
@@ -42,7 +45,8 @@ instead of surfacing later as a confusing per-request failure.
 
 Issue 15 settings are read by their own modules (and checked at start-up by service.py): SADTALKER_API_TOKENS,
 SADTALKER_API_TOKEN_FILE, SADTALKER_METRICS_REQUIRE_TOKEN, SADTALKER_CORS_ORIGINS (serving/auth.py) and
-SADTALKER_CHECK_FACE_ON_SUBMIT (serving/webapp.py). Uploads use SADTALKER_MAX_IMAGE_BYTES / _AUDIO_BYTES as caps.
+SADTALKER_CHECK_FACE_ON_SUBMIT (serving/webapp.py). Uploads use SADTALKER_MAX_IMAGE_BYTES / _AUDIO_BYTES /
+_VIDEO_BYTES as caps.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class ServingConfig:
     max_image_pixels: int = 2048 * 2048
     max_audio_bytes: int = 100 * 1024 * 1024
     max_audio_seconds: float = 300.0
+    max_video_bytes: int = 100 * 1024 * 1024
+    max_video_seconds: float = 300.0
     max_attempts: int = 3
     render_size: int = 256
     enhancer_max_faces: int | None = None
@@ -122,6 +128,8 @@ class ServingConfig:
             max_image_pixels=_int(env, "SADTALKER_MAX_IMAGE_PIXELS", 2048 * 2048, minimum=1),
             max_audio_bytes=_int(env, "SADTALKER_MAX_AUDIO_BYTES", 100 * 1024 * 1024, minimum=1),
             max_audio_seconds=_float(env, "SADTALKER_MAX_AUDIO_SECONDS", 300.0, minimum=MIN_AUDIO_SECONDS),
+            max_video_bytes=_int(env, "SADTALKER_MAX_VIDEO_BYTES", 100 * 1024 * 1024, minimum=1),
+            max_video_seconds=_float(env, "SADTALKER_MAX_VIDEO_SECONDS", 300.0, minimum=MIN_AUDIO_SECONDS),
             max_attempts=_int(env, "SADTALKER_MAX_ATTEMPTS", 3, minimum=1),
             render_size=_choice(env, "SADTALKER_SIZE", 256, (256, 512)),
             enhancer_max_faces=_optional_int(env, "SADTALKER_ENHANCER_MAX_FACES", minimum=1),

@@ -13,10 +13,10 @@ import math
 import os
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from sadtalker.contracts import LANDMARK_COUNT
-from sadtalker.options import Preset
+from sadtalker.options import GenerateOptions, Preset
 
 
 def _fspath(value: Any) -> Any:
@@ -44,6 +44,23 @@ RequestId = Annotated[
 Coordinate = Annotated[float, Field(strict=True)]
 Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
 Landmarks = Annotated[list[Point], Field(min_length=LANDMARK_COUNT, max_length=LANDMARK_COUNT)]
+# Head angles in degrees (JSON numbers only); count and range are GenerateOptions' rules (see `_angles`).
+Angles = Annotated[list[Coordinate], Field(min_length=1)]
+
+#: The request fields that name input FILES, required ones first. Validation checks each one given (inside the
+#: roots, size cap, format), the worker snapshots each into the job's temp dir, uploads accept each as a file.
+INPUT_FILE_FIELDS: tuple[str, ...] = ("source_image", "driven_audio", "ref_eyeblink", "ref_pose")
+REQUIRED_FILE_FIELDS: tuple[str, ...] = ("source_image", "driven_audio")
+#: Optional reference videos (`sadtalker.face.reference`).
+VIDEO_FIELDS: tuple[str, ...] = ("ref_eyeblink", "ref_pose")
+ANGLE_FIELDS: tuple[str, ...] = ("input_yaw", "input_pitch", "input_roll")
+
+
+def _angles(name: str, value: list[float] | tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """``value`` checked by GenerateOptions' own rule for ``name`` (count, finite, range): one rule, two callers."""
+    if value is None:
+        return None
+    return getattr(GenerateOptions(**{name: value}), name)  # type: ignore[arg-type]
 
 
 class GenerateRequest(BaseModel):
@@ -59,6 +76,23 @@ class GenerateRequest(BaseModel):
         default=None,
         description="Optional 68 [x, y] face landmarks in original-image pixels (skips landmark detection)",
     )
+    ref_eyeblink: ServerPath | None = Field(
+        default=None, description="Optional reference video (server path): the face's expression/blinks follow it"
+    )
+    ref_pose: ServerPath | None = Field(
+        default=None, description="Optional reference video (server path): the head pose follows it"
+    )
+    input_yaw: Angles | None = Field(
+        default=None, description="Optional head yaw in degrees: one value for the clip, or several interpolated"
+    )
+    input_pitch: Angles | None = Field(default=None, description="Optional head pitch in degrees (as input_yaw)")
+    input_roll: Angles | None = Field(default=None, description="Optional head roll in degrees (as input_yaw)")
+
+    @field_validator(*ANGLE_FIELDS)
+    @classmethod
+    def _angle_rules(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        checked = _angles(str(info.field_name), value)
+        return None if checked is None else list(checked)
 
     @field_validator("landmarks")
     @classmethod
@@ -87,9 +121,21 @@ class JobRequest(BaseModel):
     request_id: str | None = None
     landmarks: tuple[tuple[float, float], ...] | None = None
     audio_seconds: float | None = Field(default=None, description="Measured at validation (for metrics)")
+    # Motion controls (issue 14): the pipeline's keyword arguments of the same names.
+    ref_eyeblink: str | None = None
+    ref_pose: str | None = None
+    input_yaw: tuple[float, ...] | None = None
+    input_pitch: tuple[float, ...] | None = None
+    input_roll: tuple[float, ...] | None = None
 
     #: Fields the service keeps about the request, not inputs of the render (not passed to the pipeline).
     SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset({"request_id", "audio_seconds"})
+    #: Fields naming input files (see INPUT_FILE_FIELDS): the worker passes the pipeline temp-dir copies of them.
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = INPUT_FILE_FIELDS
+
+    def input_files(self) -> dict[str, str]:
+        """The input files this request names, by field (optional ones only when given)."""
+        return {name: path for name in self.FILE_FIELDS if (path := getattr(self, name)) is not None}
 
     @classmethod
     def from_http(cls, request: GenerateRequest, **resolved: Any) -> JobRequest:

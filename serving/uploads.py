@@ -3,7 +3,8 @@
 `/generate_upload` (serving/webapp.py) parses the request body chunk by chunk as it arrives (python-multipart's
 streaming parser: nothing is buffered in memory or in /tmp) and writes each file part straight into
 `$SADTALKER_STATE_DIR/uploads/incoming-<random>/`. A file part past its cap (SADTALKER_MAX_IMAGE_BYTES /
-SADTALKER_MAX_AUDIO_BYTES, the caps `/generate` applies) stops the parse: the directory is deleted and the
+SADTALKER_MAX_AUDIO_BYTES, SADTALKER_MAX_VIDEO_BYTES for the optional `ref_eyeblink`/`ref_pose`: the caps `/generate`
+applies) stops the parse: the directory is deleted and the
 answer is 413 naming the field. A declared Content-Length above the sum of the caps is refused before reading.
 
 A complete upload is renamed to its final directory and submitted like `/generate`: the job's paths point into
@@ -37,11 +38,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from serving.config import ServingConfig
+from serving.schema import ANGLE_FIELDS, INPUT_FILE_FIELDS, REQUIRED_FILE_FIELDS, VIDEO_FIELDS
 
 log = logging.getLogger("sadtalker.serving.uploads")
 
-FILE_FIELDS = ("source_image", "driven_audio")
-TEXT_FIELDS = ("option", "request_id", "landmarks")
+FILE_FIELDS = INPUT_FILE_FIELDS  # source_image, driven_audio required; ref_eyeblink, ref_pose optional
+# landmarks and the angle lists are JSON text (e.g. input_yaw='[-30, 30]'), like the JSON API's values.
+TEXT_FIELDS = ("option", "request_id", "landmarks", *ANGLE_FIELDS)
 MAX_TEXT_FIELD_BYTES = 64 * 1024  # 68 landmark pairs as JSON are ~2 KB
 #: After a cap is hit, up to this much of the rest of the body is read and discarded (not stored) so the client,
 #: still sending, reads the 413 instead of a reset connection; a longer body gets the 413 and a closed connection.
@@ -82,18 +85,24 @@ def is_spool_path(config: ServingConfig, raw: str) -> bool:
 class UploadLimits:
     max_image_bytes: int
     max_audio_bytes: int
+    max_video_bytes: int = 0  # 0: reference videos (ref_eyeblink/ref_pose) add nothing to the body cap
 
     @classmethod
     def from_config(cls, config: ServingConfig) -> UploadLimits:
-        return cls(config.max_image_bytes, config.max_audio_bytes)
+        return cls(config.max_image_bytes, config.max_audio_bytes, config.max_video_bytes)
 
     def cap(self, name: str) -> int:
-        return self.max_image_bytes if name == "source_image" else self.max_audio_bytes
+        if name == "source_image":
+            return self.max_image_bytes
+        if name in VIDEO_FIELDS:
+            return self.max_video_bytes
+        return self.max_audio_bytes
 
     @property
     def max_body_bytes(self) -> int:
-        """Both files at their caps, plus the text fields and multipart framing."""
-        return self.max_image_bytes + self.max_audio_bytes + len(TEXT_FIELDS) * MAX_TEXT_FIELD_BYTES + 64 * 1024
+        """Every file at its cap, plus the text fields and multipart framing."""
+        files = self.max_image_bytes + self.max_audio_bytes + len(VIDEO_FIELDS) * self.max_video_bytes
+        return files + len(TEXT_FIELDS) * MAX_TEXT_FIELD_BYTES + 64 * 1024
 
 
 @dataclass
@@ -210,7 +219,7 @@ async def receive_upload(
     spool: Path,
     limits: UploadLimits,
     *,
-    required: tuple[str, ...] = FILE_FIELDS,
+    required: tuple[str, ...] = REQUIRED_FILE_FIELDS,
 ) -> SpooledUpload:
     """Stream a multipart/form-data body into a new spool directory; raises UploadRejected (directory removed)."""
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -275,7 +284,9 @@ def finalize(upload: SpooledUpload, request_id: str | None) -> SpooledUpload:
     if request_id is None:
         name = secrets.token_hex(16)
     else:
-        key = "\x00".join((request_id, *(f"{n}={upload.sha256[n]}:{upload.files[n].name}" for n in FILE_FIELDS)))
+        # Only the files sent (a two-file upload keys exactly as before the optional reference videos existed).
+        sent = (n for n in FILE_FIELDS if n in upload.files)
+        key = "\x00".join((request_id, *(f"{n}={upload.sha256[n]}:{upload.files[n].name}" for n in sent)))
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
     final = upload.directory.parent / name
     reused = False

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.config import MIN_AUDIO_SECONDS, ServingConfig
-from serving.schema import GenerateRequest, JobRequest
+from serving.schema import VIDEO_FIELDS, GenerateRequest, JobRequest
 
 ImageProbe = Callable[[Path], tuple[int, int]]
 AudioProbe = Callable[[Path], float]
+#: ``probe(path, field, max_seconds, max_pixels)``: raises ``ReferenceVideoError`` for an unusable video.
+VideoProbe = Callable[[Path, str, float, int], object]
 
 
 class RequestInvalid(ValueError):
@@ -55,10 +57,8 @@ def fingerprint_of(request: GenerateRequest) -> str:
         except ValueError:
             return raw
 
-    lenient_request = JobRequest.from_http(
-        request, source_image=lenient(request.source_image), driven_audio=lenient(request.driven_audio)
-    )
-    return lenient_request.fingerprint()
+    paths = {name: lenient(raw) for name, raw in JobRequest.from_http(request).input_files().items()}
+    return JobRequest.from_http(request, **paths).fingerprint()
 
 
 def _default_image_probe(path: Path) -> tuple[int, int]:
@@ -73,6 +73,12 @@ def _default_audio_probe(path: Path) -> float:
     return probe_audio_duration(path)
 
 
+def _default_video_probe(path: Path, field: str, max_seconds: float, max_pixels: int) -> object:
+    from sadtalker.face.reference import check_reference_video  # header only: ffmpeg reads no frame pixels
+
+    return check_reference_video(path, field=field, max_seconds=max_seconds, max_pixels=max_pixels)
+
+
 class RequestValidator:
     """Checks a `GenerateRequest` against the configured roots and limits."""
 
@@ -82,11 +88,13 @@ class RequestValidator:
         *,
         probe_image: ImageProbe = _default_image_probe,
         probe_audio: AudioProbe = _default_audio_probe,
+        probe_video: VideoProbe = _default_video_probe,
     ) -> None:
         self._config = config
         self._roots = tuple(Path(os.path.realpath(root)) for root in config.input_dirs)
         self._probe_image = probe_image
         self._probe_audio = probe_audio
+        self._probe_video = probe_video
 
     def preload(self) -> None:
         """Import the default probes' decoders (cv2, soundfile, ...) ahead of the first request."""
@@ -103,8 +111,18 @@ class RequestValidator:
         landmarks = None
         if request.landmarks is not None:
             landmarks = self._check_landmarks(request.landmarks, width, height)
+        videos = {}
+        for field in VIDEO_FIELDS:
+            raw = getattr(request, field)
+            if raw is not None:
+                videos[field] = str(self._check_video(field, self._check_file(field, raw, config.max_video_bytes)))
         return JobRequest.from_http(
-            request, source_image=str(image), driven_audio=str(audio), landmarks=landmarks, audio_seconds=seconds
+            request,
+            source_image=str(image),
+            driven_audio=str(audio),
+            landmarks=landmarks,
+            audio_seconds=seconds,
+            **videos,
         )
 
     def _check_file(self, field: str, raw: str, max_bytes: int) -> Path:
@@ -173,6 +191,18 @@ class RequestValidator:
                 f"audio is {seconds:.1f} s long; the limit is {self._config.max_audio_seconds:g} s",
             )
         return seconds
+
+    def _check_video(self, field: str, path: Path) -> Path:
+        """Format, frame size and duration from the header; faces are looked for at render time (the detector
+        is the worker's), where a video without one fails the job with kind "reference_video"."""
+        from sadtalker.errors import InputError
+
+        config = self._config
+        try:
+            self._probe_video(path, field, config.max_video_seconds, config.max_image_pixels)
+        except InputError as exc:
+            raise RequestInvalid(field, str(exc).removeprefix(f"{field}: ")) from None
+        return path
 
     @staticmethod
     def _check_landmarks(points: list[list[float]], width: int, height: int) -> tuple[tuple[float, float], ...]:

@@ -1,9 +1,10 @@
 """Routes for browsers and remote clients, mounted into the BentoML service (`@bentoml.asgi_app`).
 
-* `POST /generate_upload` multipart: files `source_image`, `driven_audio`; fields `option`, `request_id?`,
-  `landmarks?` (JSON text). Streamed into the spool (serving/uploads.py), then the SAME `JobService.submit`
-  `/generate` uses (with a validator whose only input root is the spool): same checks, queue, answer `1`,
-  headers and error codes, plus 413 for oversized files.
+* `POST /generate_upload` multipart: files `source_image`, `driven_audio`, `ref_eyeblink?`, `ref_pose?`; fields
+  `option`, `request_id?`, `landmarks?`, `input_yaw?`, `input_pitch?`, `input_roll?` (JSON text, e.g. `[-30, 30]`).
+  Streamed into the spool (serving/uploads.py), then the SAME `JobService.submit` `/generate` uses (with a
+  validator whose only input root is the spool): same checks, queue, answer `1`, headers and error
+  codes, plus 413 for oversized files.
 * `GET /video?request_id=...` (or `?job_id=`, like /status): the finished mp4 (`video/mp4`, Range requests
   supported for seeking); 404 unknown, 409 queued/running (body: state, progress, stage, queue_position),
   410 failed (body: error) or deleted.
@@ -38,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from serving.config import ServingConfig, env_flag
 from serving.photo_check import PhotoChecker, PhotoCheckUnavailable, PhotoUnreadable
-from serving.schema import JobRequest
+from serving.schema import ANGLE_FIELDS, JobRequest
 from serving.uploads import (
     SpoolJanitor,
     UploadLimits,
@@ -196,19 +197,20 @@ def create_app(context: Callable[[], WebContext]) -> Starlette:
         request_id = fields.get("request_id") or None
         upload = finalize(received, request_id)
         try:
-            try:
-                landmarks = json.loads(fields["landmarks"]) if fields.get("landmarks") else None
-            except json.JSONDecodeError as exc:
-                raise RequestInvalid("landmarks", f"not valid JSON ({exc.msg})") from None
+            decoded: dict[str, Any] = {}
+            for name in ("landmarks", *ANGLE_FIELDS):
+                try:
+                    decoded[name] = json.loads(fields[name]) if fields.get(name) else None
+                except json.JSONDecodeError as exc:
+                    raise RequestInvalid(name, f"not valid JSON ({exc.msg}); send e.g. [-30, 30]") from None
             try:
                 # model_validate: `option` is checked against the presets here (a bad one is a 400 naming it).
                 job_request = GenerateRequest.model_validate(
                     {
-                        "source_image": str(upload.files["source_image"]),
-                        "driven_audio": str(upload.files["driven_audio"]),
+                        **{name: str(path) for name, path in upload.files.items()},
                         "option": fields.get("option", ""),
                         "request_id": request_id,
-                        "landmarks": landmarks,
+                        **decoded,
                     }
                 )
             except Exception as exc:  # pydantic.ValidationError -> 400 naming the field

@@ -10,7 +10,8 @@ Store failures never strand a job: a failed progress write is logged and skipped
 failed, requeued) is retried with backoff, and if it still cannot be made the lease simply expires and the
 job is rendered again. A finished video is never deleted because bookkeeping failed.
 
-Inputs are read through a snapshot taken right before rendering: each file is opened, the opened descriptor's
+Inputs are read through a snapshot taken right before rendering: each input file of the request
+(`JobRequest.FILE_FIELDS`: the photo, the audio and any reference video) is opened, the opened descriptor's
 real path is checked against the input roots, and its bytes are copied into the job's temp dir. A path
 swapped for a symlink after acceptance therefore fails the job (input error) and nothing outside the roots
 is read.
@@ -60,7 +61,9 @@ DEFAULT_LEASE_SECONDS = 30.0
 TERMINAL_WRITE_SECONDS = 60.0
 
 #: Failure kinds a resubmission cannot fix: the inputs themselves are unusable (see `failure_kind`).
-PERMANENT_KINDS = frozenset({"input", "image", "no_face", "audio", "audio_too_short", "audio_too_long"})
+PERMANENT_KINDS = frozenset(
+    {"input", "image", "no_face", "audio", "audio_too_short", "audio_too_long", "reference_video"}
+)
 
 _T = TypeVar("_T")
 
@@ -499,8 +502,10 @@ class RenderWorker:
         """Snapshot the inputs, run the pipeline, check its output exists."""
         inputs = temp_dir / "inputs"
         arguments = request.pipeline_arguments()
-        for name in ("source_image", "driven_audio"):
-            arguments[name] = snapshot_input(name, Path(arguments[name]), self._input_roots, inputs / name)
+        # Every input FILE the request names (JobRequest.FILE_FIELDS), required or optional, is read through the
+        # same checked snapshot; the pipeline only ever sees the copies.
+        for name, path in request.input_files().items():
+            arguments[name] = snapshot_input(name, Path(path), self._input_roots, inputs / name)
         source_image = arguments.pop("source_image")
         driven_audio = arguments.pop("driven_audio")
         with _inference_mode():

@@ -213,6 +213,11 @@ def test_valid_request_returns_1_and_the_video_appears(served: tuple[Server, Dir
         ({"driven_audio": "speech.wav"}, "driven_audio", "absolute"),
         ({"landmarks": [[1, 2]] * 68 + [[3, 4]]}, "landmarks", None),
         ({"option": "resize"}, "option", None),
+        ({"ref_pose": "{inputs}/speech.wav"}, "ref_pose", "not a readable video"),
+        ({"ref_eyeblink": "/etc/hostname"}, "ref_eyeblink", "outside the allowed input directories"),
+        ({"input_yaw": ["10"]}, "input_yaw", None),
+        ({"input_roll": [400]}, "input_roll", None),
+        ({"preprocess": "extcrop"}, "preprocess", None),
     ],
 )
 def test_bad_input_is_400_naming_the_field(
@@ -229,6 +234,21 @@ def test_bad_input_is_400_naming_the_field(
     else:
         assert error["field"] == field and error["error"].startswith(f"{field}: ") and reason in error["error"]
     assert post(server, "/jobs", {"limit": 500}).json() == before  # nothing queued
+
+
+def test_motion_controls_are_accepted_and_rendered(served: tuple[Server, Dirs]) -> None:
+    from test_serving_motion import write_video
+
+    server, dirs = served
+    write_video(dirs.inputs / "nod.mp4", frames=4)
+    motion = {"ref_pose": str(dirs.inputs / "nod.mp4"), "input_yaw": [-20, 20], "input_pitch": [5]}
+    response = post(server, "/generate", body(dirs, request_id="motion", **motion))
+    assert (response.status_code, response.text) == (200, "1"), response.text
+    assert wait_state(server, "motion", {"completed", "failed"})["state"] == "completed"
+    again = post(server, "/generate", body(dirs, request_id="motion", **motion))  # same inputs: same job
+    assert again.headers["x-sadtalker-job-id"] == response.headers["x-sadtalker-job-id"]
+    other = post(server, "/generate", body(dirs, request_id="motion", **motion | {"input_yaw": [-10, 10]}))
+    assert other.status_code == 409 and other.json()["field"] == "request_id"  # the angles are part of the inputs
 
 
 def test_duplicate_request_id_renders_once_and_conflict_is_409(served: tuple[Server, Dirs]) -> None:

@@ -283,6 +283,28 @@ def test_python_client_uploads_and_downloads(web: tuple[Server, Dirs], tmp_path:
     assert wait_done(server, "stock-client")["state"] == "completed"
 
 
+def test_python_client_uploads_motion_controls(web: tuple[Server, Dirs], tmp_path: Path) -> None:
+    from test_serving_motion import write_video
+
+    from serving.client import SadTalkerClient, ServiceError, generate_and_wait, upload_files
+
+    server, dirs = web
+    video = write_video(tmp_path / "nod.mp4", frames=4)
+    target = tmp_path / "motion.mp4"
+    with SadTalkerClient(server.url, timeout=60, token=TOKEN) as client:
+        status = generate_and_wait(
+            client, source_image=dirs.inputs / "face.png", driven_audio=dirs.inputs / "speech.wav", option="crop",
+            request_id="up-motion", poll_seconds=0.2, timeout_seconds=60, download_to=target, ref_pose=video,
+            input_yaw=[-20, 20],
+        )  # fmt: skip
+        assert status["state"] == "completed" and target.is_file()
+        with pytest.raises(ServiceError) as info:  # an audio file is no reference video: 400 naming the field
+            upload_files(client, source_image=dirs.inputs / "face.png", driven_audio=dirs.inputs / "speech.wav",
+                         option="crop", ref_eyeblink=dirs.inputs / "speech.wav")  # fmt: skip
+        assert info.value.status_code == 400 and info.value.body["field"] == "ref_eyeblink", info.value.body
+    assert wait_spool_empty(dirs) == []
+
+
 def test_check_photo(web: tuple[Server, Dirs]) -> None:
     server, dirs = web
     with open(dirs.inputs / "face.png", "rb") as image:
