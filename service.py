@@ -137,8 +137,9 @@ class SadTalkerService:
             raw = getattr(request, name)
             # Issue 15: uploads of other clients are not nameable.
             if raw is not None and is_spool_path(self.runtime.config, raw):
-                return _reject(ctx, 400, {"error": f"{name}: {raw} is outside the allowed input directories",
-                                          "field": name})
+                return _reject(
+                    ctx, 400, {"error": f"{name}: {raw} is outside the allowed input directories", "field": name}
+                )
         try:
             submission = self.runtime.jobs.submit(request)
         except RequestInvalid as exc:

@@ -77,15 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with np.load(GOLDEN / "inputs.npz") as inputs:
             landmarks = inputs["lm68_orig"]
-    overrides = {"batch_size": args.batch_size, "max_frames": args.max_frames, "seed": 0,
-                 "precision": args.precision}
+    overrides = {"batch_size": args.batch_size, "max_frames": args.max_frames, "seed": 0, "precision": args.precision}
     if args.enhancer:
         overrides["enhancer"] = args.enhancer
     options = GenerateOptions.preset(args.preset, **overrides)
 
     started = time.perf_counter()
-    talker = SadTalker(args.checkpoints, args.device, enhancer=options.enhancer == "gfpgan", enhancer_max_faces=1,
-                       precision=args.precision, compile=args.compile)
+    talker = SadTalker(
+        args.checkpoints,
+        args.device,
+        enhancer=options.enhancer == "gfpgan",
+        enhancer_max_faces=1,
+        precision=args.precision,
+        compile=args.compile,
+    )
     load_s = time.perf_counter() - started
     if args.stub_render:
         stub_generator(talker)
@@ -98,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(work) / "clip.mp4"
         begin = time.perf_counter()
         talker.generate(
-            args.image, audio, output, options=options, landmarks=landmarks,
+            args.image,
+            audio,
+            output,
+            options=options,
+            landmarks=landmarks,
             progress=lambda stage, _fraction: marks.append((stage, time.perf_counter())),
         )
         total = time.perf_counter() - begin
@@ -108,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     edges = [*marks, ("end", begin + total)]
     for (stage, at), (_, next_at) in zip(edges, edges[1:], strict=False):
         stage_seconds[stage] = stage_seconds.get(stage, 0.0) + (next_at - at)
-    print(f"device {args.device}, preset {args.preset}, enhancer {options.enhancer}, audio {args.seconds:.1f} s, "
-          f"frames {frames}{' (stub render)' if args.stub_render else ''}, torch threads {torch.get_num_threads()}")
+    print(
+        f"device {args.device}, preset {args.preset}, enhancer {options.enhancer}, audio {args.seconds:.1f} s, "
+        f"frames {frames}{' (stub render)' if args.stub_render else ''}, torch threads {torch.get_num_threads()}"
+    )
     print(f"model load             {load_s:8.2f} s")
     for stage, seconds in stage_seconds.items():
         print(f"{stage:22s} {seconds:8.2f} s")

@@ -32,15 +32,17 @@ def bench_size(checkpoints: Path, size: int, frames: int, batch_size: int, devic
         return
     t0 = time.perf_counter()
     state = read_safetensors(path)
-    renderer = Renderer.from_checkpoint(state, checkpoints / MAPPING_70, coeff_nc=70, device=device,
-                                        source_name=path.name)
+    renderer = Renderer.from_checkpoint(
+        state, checkpoints / MAPPING_70, coeff_nc=70, device=device, source_name=path.name
+    )
     del state
     load_s = time.perf_counter() - t0
 
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, size, size, generator=gen)
-    semantics = build_semantics(0.1 * torch.randn(frames, 70, generator=gen), 0.1 * torch.randn(1, 73, generator=gen),
-                                full=False, still=False)
+    semantics = build_semantics(
+        0.1 * torch.randn(frames, 70, generator=gen), 0.1 * torch.randn(1, 73, generator=gen), full=False, still=False
+    )
 
     t0 = time.perf_counter()
     renderer.prepare_source(image, semantics.source)
@@ -60,8 +62,9 @@ def bench_size(checkpoints: Path, size: int, frames: int, batch_size: int, devic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoints", type=Path,
-                        default=Path(os.environ.get("SADTALKER_CHECKPOINTS", "checkpoints")))
+    parser.add_argument(
+        "--checkpoints", type=Path, default=Path(os.environ.get("SADTALKER_CHECKPOINTS", "checkpoints"))
+    )
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")

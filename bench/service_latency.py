@@ -31,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     timings: list[float] = []
     with httpx.Client(base_url=args.url, timeout=30) as client:
         for _ in range(args.requests):
-            body = {"source_image": args.image, "driven_audio": args.audio, "option": args.option,
-                    "request_id": f"bench-{secrets.token_hex(6)}"}
+            body = {
+                "source_image": args.image,
+                "driven_audio": args.audio,
+                "option": args.option,
+                "request_id": f"bench-{secrets.token_hex(6)}",
+            }
             started = time.perf_counter()
             response = client.post("/generate", json=body)
             timings.append(time.perf_counter() - started)
@@ -41,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     ordered = sorted(timings)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    print(f"{len(timings)} requests: p50 {statistics.median(timings) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-          f"max {ordered[-1] * 1000:.1f} ms")
+    print(
+        f"{len(timings)} requests: p50 {statistics.median(timings) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms"
+    )
     return 0
 
 

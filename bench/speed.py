@@ -138,8 +138,9 @@ def variant_options(case: Case, variant: str) -> GenerateOptions:
     return replace(case.options, precision="exact" if variant == "exact" else "fast", batch_size=None)
 
 
-def run_frames(talker: SadTalker, clock: StageClock, case: Case, variant: str, use_compile: bool,
-               work: Path) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def run_frames(
+    talker: SadTalker, clock: StageClock, case: Case, variant: str, use_compile: bool, work: Path
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The generate() frame loop for one case; returns (seconds per stage, rendered frames, output frames)."""
     set_variant(talker, clock, variant, use_compile)
     options = variant_options(case, variant)
@@ -148,8 +149,9 @@ def run_frames(talker: SadTalker, clock: StageClock, case: Case, variant: str, u
     noise = torch.Generator().manual_seed(0)
     total = case.semantics.num_frames
     started = time.perf_counter()
-    with VideoWriter(work / f"{case.preset}_{variant}.mp4", audio=case.wav, num_frames=total, fps=FPS,
-                     temp_dir=work) as writer:
+    with VideoWriter(
+        work / f"{case.preset}_{variant}.mp4", audio=case.wav, num_frames=total, fps=FPS, temp_dir=work
+    ) as writer:
         frames_iter = talker.render_frames(case.face, case.semantics, options)
         while True:
             t0 = time.perf_counter()
@@ -229,8 +231,10 @@ def network_calls(talker: SadTalker, case: Case) -> dict[str, Callable[[], Any]]
         motion = motion_net(features.motion_feature, source.kp_source, driving.kp_driving)
     enhancer: FaceEnhancer = talker.enhancer  # type: ignore[assignment]
     face = torch.zeros(1, 3, 512, 512).uniform_(-1, 1)
-    noise = [getattr(enhancer.gfpgan.stylegan_decoder.noises, f"noise{i}")
-             for i in range(enhancer.gfpgan.stylegan_decoder.num_layers)]
+    noise = [
+        getattr(enhancer.gfpgan.stylegan_decoder.noises, f"noise{i}")
+        for i in range(enhancer.gfpgan.stylegan_decoder.num_layers)
+    ]
 
     def rest_of_generator() -> torch.Tensor:
         volume = features.feature_3d
@@ -274,8 +278,11 @@ def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> 
 
         timings = {"eager_fp32": time_call(fn, repeats), "eager_reduced": time_call(reduced, repeats)}
         for label, seconds in timings.items():
-            row[label] = {"min_s": min(seconds), "median_s": statistics.median(seconds),
-                          "gflops_per_s": flops / min(seconds) / 1e9}
+            row[label] = {
+                "min_s": min(seconds),
+                "median_s": statistics.median(seconds),
+                "gflops_per_s": flops / min(seconds) / 1e9,
+            }
         result[name] = row
     if use_compile:
         # The compiled per-frame graphs as the modes run them (render = dense motion + generator, batch 1).
@@ -296,7 +303,8 @@ def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> 
             for name, fn in compiled.items():
                 seconds = time_call(fn, repeats)
                 result[name][f"compiled_{precision}"] = {
-                    "min_s": min(seconds), "median_s": statistics.median(seconds),
+                    "min_s": min(seconds),
+                    "median_s": statistics.median(seconds),
                     "gflops_per_s": result[name]["gflop"] / min(seconds),
                 }
     return result
@@ -325,8 +333,7 @@ def summarise(samples: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str
 def print_summary(summary: dict[str, Any]) -> None:
     for preset, by_variant in summary.items():
         print(f"\n== preset {preset}: seconds per frame (min / median), speed-up vs baseline (min / median)")
-        stages = sorted({stage for rows in by_variant.values() for stage in rows},
-                        key=lambda s: (s == "end_to_end", s))
+        stages = sorted({stage for rows in by_variant.values() for stage in rows}, key=lambda s: (s == "end_to_end", s))
         header = f"{'stage':22s}" + "".join(f"{v:>30s}" for v in by_variant)
         print(header)
         for stage in stages:
@@ -351,10 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the repeats")
     parser.add_argument("--presets", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="exact/fast without torch.compile (eager levers only)")
-    parser.add_argument("--compile-precisions", nargs="+", choices=["exact", "fast"], default=["exact", "fast"],
-                        help="which modes get compiled graphs (compiling costs minutes per mode on a CPU)")
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="exact/fast without torch.compile (eager levers only)",
+    )
+    parser.add_argument(
+        "--compile-precisions",
+        nargs="+",
+        choices=["exact", "fast"],
+        default=["exact", "fast"],
+        help="which modes get compiled graphs (compiling costs minutes per mode on a CPU)",
+    )
     parser.add_argument("--roofline-repeats", type=int, default=2, help="0 skips the per-network roofline")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
@@ -364,14 +380,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-                              "frames": args.frames, "repeats": args.repeats}
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "frames": args.frames,
+        "repeats": args.repeats,
+    }
     started = time.perf_counter()
-    talker = SadTalker(args.checkpoints, device, sizes=(SIZE,), enhancer=True, enhancer_max_faces=1,
-                       face_detection=False, compile=False)
+    talker = SadTalker(
+        args.checkpoints,
+        device,
+        sizes=(SIZE,),
+        enhancer=True,
+        enhancer_max_faces=1,
+        face_detection=False,
+        compile=False,
+    )
     report["load_s"] = time.perf_counter() - started
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
-          f"load {report['load_s']:.1f} s")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; load {report['load_s']:.1f} s"
+    )
     compile_s: dict[str, float] = {}
     if args.compile:
         configure_inductor()
@@ -417,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.warmup + args.repeats):
             timed = round_index >= args.warmup
             # Rotate the order every round so no variant always runs first (or right after a heavy one).
-            order = args.variants[round_index % len(args.variants):] + args.variants[: round_index % len(args.variants)]
+            order = (
+                args.variants[round_index % len(args.variants) :] + args.variants[: round_index % len(args.variants)]
+            )
             for preset, case in cases.items():
                 for variant in order:
                     per_frame, rendered, composed = run_frames(talker, clock, case, variant, args.compile, work)
@@ -427,8 +458,11 @@ def main(argv: list[str] | None = None) -> int:
                         for stage, value in per_frame.items():
                             samples[preset][variant][stage].append(value)
                     stages = " ".join(f"{k}={v:.2f}" for k, v in sorted(per_frame.items()) if k != "end_to_end")
-                    print(f"round {round_index}{'' if timed else ' (warm-up)'} {preset:4s} {variant:8s} "
-                          f"{per_frame['end_to_end']:.2f} s/frame ({stages})", flush=True)
+                    print(
+                        f"round {round_index}{'' if timed else ' (warm-up)'} {preset:4s} {variant:8s} "
+                        f"{per_frame['end_to_end']:.2f} s/frame ({stages})",
+                        flush=True,
+                    )
 
     summary = summarise(samples)
     print_summary(summary)
@@ -445,19 +479,27 @@ def main(argv: list[str] | None = None) -> int:
             for k, label in enumerate(("rendered", "output")):
                 x, y = outputs[(preset, a)][k], outputs[(preset, b)][k]
                 values = [psnr(fx, fy) for fx, fy in zip(x, y, strict=True)]
-                entry[label] = {"psnr_mean_db": float(np.mean(values)), "psnr_worst_db": float(min(values)),
-                                "max_abs_levels": int(np.abs(x.astype(np.int16) - y).max())}
+                entry[label] = {
+                    "psnr_mean_db": float(np.mean(values)),
+                    "psnr_worst_db": float(min(values)),
+                    "max_abs_levels": int(np.abs(x.astype(np.int16) - y).max()),
+                }
             fidelity[f"{preset}: {a} vs {b}"] = entry
     report["fidelity"] = fidelity
     print("\n== fidelity (PSNR mean / worst frame, max abs difference in levels)")
     for key, entry in fidelity.items():
-        print(f"{key:26s} " + "  ".join(
-            f"{label}: {e['psnr_mean_db']:.1f}/{e['psnr_worst_db']:.1f} dB, max {e['max_abs_levels']}"
-            for label, e in entry.items()))
+        print(
+            f"{key:26s} "
+            + "  ".join(
+                f"{label}: {e['psnr_mean_db']:.1f}/{e['psnr_worst_db']:.1f} dB, max {e['max_abs_levels']}"
+                for label, e in entry.items()
+            )
+        )
 
     peaks = {"fp32": matmul_peak_gflops(device, torch.float32)}
     peaks["bf16" if device.type != "cuda" else "fp16"] = matmul_peak_gflops(
-        device, torch.bfloat16 if device.type != "cuda" else torch.float16)
+        device, torch.bfloat16 if device.type != "cuda" else torch.float16
+    )
     report["matmul_peak_gflops"] = peaks
     print("\n== matmul peak (2048^3 mm): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     if args.json:
@@ -466,14 +508,17 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(cases.values()))
         networks = roofline(talker, first, args.roofline_repeats, args.compile)
         report["networks"] = networks
-        print(f"{'network':20s} {'GFLOP':>7s}  " + "  ".join(
-            f"{k:>22s}" for k in ("eager_fp32", "eager_reduced", "compiled_exact", "compiled_fast")))
+        print(
+            f"{'network':20s} {'GFLOP':>7s}  "
+            + "  ".join(f"{k:>22s}" for k in ("eager_fp32", "eager_reduced", "compiled_exact", "compiled_fast"))
+        )
         for name, row in networks.items():
             cells = []
             for key in ("eager_fp32", "eager_reduced", "compiled_exact", "compiled_fast"):
                 cell = row.get(key)
-                cells.append(f"{'-':>22s}" if cell is None else
-                             f"{cell['min_s']:.3f}s {cell['gflops_per_s']:5.0f}GF/s".rjust(22))
+                cells.append(
+                    f"{'-':>22s}" if cell is None else f"{cell['min_s']:.3f}s {cell['gflops_per_s']:5.0f}GF/s".rjust(22)
+                )
             print(f"{name:20s} {row['gflop']:7.1f}  " + "  ".join(cells))
     report["peak_rss_mib"] = peak_rss_mib()
     print(f"\npeak RSS {report['peak_rss_mib']:.0f} MiB (after load {report['rss_after_load_mib']:.0f} MiB)")

@@ -43,31 +43,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--driven_audio", required=True, help="speech audio (wav/mp3/flac/ogg/m4a)")
     parser.add_argument("--result_dir", default="results", help="directory for the mp4 (default: results)")
     parser.add_argument("--checkpoint_dir", default="checkpoints", help="checkpoint directory (default: checkpoints)")
-    parser.add_argument("--preset", choices=["crop", "full"], default=None,
-                        help="the service's presets (crop: --preprocess crop; full: --preprocess full --still); "
-                             "explicit flags below override it")
-    parser.add_argument("--preprocess", choices=list(PREPROCESS_MODES), default=None,
-                        help="extcrop/extfull: the larger border crop (extfull pastes it back into the photo)")
+    parser.add_argument(
+        "--preset",
+        choices=["crop", "full"],
+        default=None,
+        help="the service's presets (crop: --preprocess crop; full: --preprocess full --still); "
+        "explicit flags below override it",
+    )
+    parser.add_argument(
+        "--preprocess",
+        choices=list(PREPROCESS_MODES),
+        default=None,
+        help="extcrop/extfull: the larger border crop (extfull pastes it back into the photo)",
+    )
     parser.add_argument("--still", action="store_true", default=None, help="keep the head pose of the photo")
-    parser.add_argument("--enhancer", choices=["gfpgan", "none"], default=None,
-                        help="face restoration of every frame (default: none, as in the original)")
+    parser.add_argument(
+        "--enhancer",
+        choices=["gfpgan", "none"],
+        default=None,
+        help="face restoration of every frame (default: none, as in the original)",
+    )
     parser.add_argument("--size", type=int, choices=[256, 512], default=None)
     parser.add_argument("--pose_style", type=int, default=None, help="head-motion style in [0, 45]")
     parser.add_argument("--expression_scale", type=float, default=None)
     parser.add_argument("--batch_size", type=int, default=None, help="frames rendered at once")
     parser.add_argument("--seed", type=int, default=None, help="seed for blinks and head motion (default: random)")
-    parser.add_argument("--ref_eyeblink", default=None,
-                        help="reference video whose expression (eye blinks) the portrait follows")
+    parser.add_argument(
+        "--ref_eyeblink", default=None, help="reference video whose expression (eye blinks) the portrait follows"
+    )
     parser.add_argument("--ref_pose", default=None, help="reference video whose head motion the portrait copies")
     for axis in ("yaw", "pitch", "roll"):
-        parser.add_argument(f"--input_{axis}", nargs="+", type=float, default=None, metavar="DEG",
-                            help=f"head {axis} in degrees: one value = constant, several = interpolated over the clip")
+        parser.add_argument(
+            f"--input_{axis}",
+            nargs="+",
+            type=float,
+            default=None,
+            metavar="DEG",
+            help=f"head {axis} in degrees: one value = constant, several = interpolated over the clip",
+        )
     parser.add_argument("--landmarks", default=None, help="68 face landmarks (.npy/.json/.txt) to skip detection")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
-    parser.add_argument("--precision", choices=["exact", "fast"], default="exact",
-                        help="exact: float32 (default); fast: bf16 on CPU / fp16 on CUDA where safe")
-    parser.add_argument("--no_compile", action="store_true",
-                        help="skip compiling the networks at start-up (default: compile unless SADTALKER_COMPILE=0)")
+    parser.add_argument(
+        "--precision",
+        choices=["exact", "fast"],
+        default="exact",
+        help="exact: float32 (default); fast: bf16 on CPU / fp16 on CUDA where safe",
+    )
+    parser.add_argument(
+        "--no_compile",
+        action="store_true",
+        help="skip compiling the networks at start-up (default: compile unless SADTALKER_COMPILE=0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -76,8 +102,21 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     base = GenerateOptions.preset(args.preset) if args.preset else GenerateOptions(enhancer="none")
     overrides = {
         name: getattr(args, name)
-        for name in ("preprocess", "still", "enhancer", "size", "pose_style", "expression_scale", "batch_size", "seed",
-                     "ref_eyeblink", "ref_pose", "input_yaw", "input_pitch", "input_roll")
+        for name in (
+            "preprocess",
+            "still",
+            "enhancer",
+            "size",
+            "pose_style",
+            "expression_scale",
+            "batch_size",
+            "seed",
+            "ref_eyeblink",
+            "ref_pose",
+            "input_yaw",
+            "input_pitch",
+            "input_roll",
+        )
         if getattr(args, name) is not None
     }
     return replace(base, **overrides)
@@ -124,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(round(fraction * 100) - bar.n)
 
             talker.generate(
-                args.source_image, args.driven_audio, output, options=options, landmarks=landmarks,
+                args.source_image,
+                args.driven_audio,
+                output,
+                options=options,
+                landmarks=landmarks,
                 progress=progress,
             )
     except SadTalkerError as exc:  # CheckpointError included

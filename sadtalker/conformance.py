@@ -59,6 +59,7 @@ class Case:
         meta = json.loads((directory / "case.json").read_text())
         with np.load(directory / "inputs.npz") as data:
             inputs = {key: data[key] for key in data.files}
+
         def optional(name: str) -> Any:
             return meta.get(name) if meta.get(name) not in ("", None) else None
 
@@ -176,8 +177,10 @@ def run_case(case: Case, talker: SadTalker, frames: int | None = None) -> dict[s
     out["source_semantics"] = semantics.source.numpy()
     out["target_semantics"] = semantics.target.numpy()
     # The original's batched layout: (batch, ceil(T / batch), C, 27).
+    batch = options.batch_size
+    assert batch is not None  # Case.options always sets the case's batch size
     out["target_semantics_batched_shape"] = np.array(
-        [options.batch_size, math.ceil(num_frames / options.batch_size), *semantics.target.shape[1:]], dtype=np.int64
+        [batch, math.ceil(num_frames / batch), *semantics.target.shape[1:]], dtype=np.int64
     )
 
     renderer = talker.renderer(options)
@@ -241,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     case = Case.read(args.case)
     started = time.perf_counter()
-    talker = SadTalker(
-        args.checkpoints, args.device, sizes=(case.options.size,), enhancer=False, face_detection=False
-    )
+    talker = SadTalker(args.checkpoints, args.device, sizes=(case.options.size,), enhancer=False, face_detection=False)
     arrays = run_case(case, talker, args.frames)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,11 @@ class SadTalker:
         self.load_seconds = time.perf_counter() - started
         logger.info(
             "SadTalker ready on %s in %.1f s (sizes %s, enhancer %s, face detection %s)",
-            self.device, self.load_seconds, sorted(self.models), enhancer, face_detection,
+            self.device,
+            self.load_seconds,
+            sorted(self.models),
+            enhancer,
+            face_detection,
         )
 
     def _compile(self) -> float:
@@ -312,8 +316,12 @@ class SadTalker:
         image = torch.from_numpy(face.crop_image).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
         renderer = self.renderer(options)
         batches = renderer.render(
-            image, semantics.source, semantics.target, self.render_batch(options),
-            precision=self.job_precision(options), pose_override=angles,
+            image,
+            semantics.source,
+            semantics.target,
+            self.render_batch(options),
+            precision=self.job_precision(options),
+            pose_override=angles,
         )
         for batch in batches:
             yield frames_to_uint8(batch).cpu().numpy()
@@ -395,9 +403,7 @@ class SadTalker:
                 angles = angles.select(slice(0, options.max_frames), torch.device("cpu"))
         tracker.stage("render", 0.0)
         total = semantics.num_frames
-        logger.info(
-            "rendering %d frames (%.2f s of audio) %s seed=%d", total, total / FPS, options, seed
-        )
+        logger.info("rendering %d frames (%.2f s of audio) %s seed=%d", total, total / FPS, options, seed)
         enhancer_noise = torch.Generator().manual_seed(seed)  # GFPGAN's decoder noise, as the original draws it
         written = 0
         with VideoWriter(output_path, audio=features.wav, num_frames=total, fps=FPS, temp_dir=temp_dir) as writer:

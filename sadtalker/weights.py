@@ -138,7 +138,7 @@ def read_torch(path: str | Path) -> Any:
 def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Tensors whose key starts with ``prefix + '.'``, with that prefix removed."""
     head = prefix + "."
-    return {key[len(head):]: value for key, value in state.items() if key.startswith(head)}
+    return {key[len(head) :]: value for key, value in state.items() if key.startswith(head)}
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:

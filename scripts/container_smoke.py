@@ -124,7 +124,10 @@ def main() -> int:
         try:
             with SadTalkerClient(base_url, timeout=60) as client:
                 job = wait_for(
-                    client, request["request_id"], poll_seconds=10, timeout_seconds=args.timeout,
+                    client,
+                    request["request_id"],
+                    poll_seconds=10,
+                    timeout_seconds=args.timeout,
                     on_status=lambda status: log(f"{status['state']} {status['stage']} {status['progress']:.0f} %"),
                 )
         except (JobFailed, TimeoutError) as exc:

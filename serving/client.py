@@ -109,7 +109,11 @@ def generate_and_wait(
     if download_to is not None:
         retry_unavailable(
             lambda: upload_files(
-                client, source_image=source_image, driven_audio=driven_audio, option=option, request_id=request_id,
+                client,
+                source_image=source_image,
+                driven_audio=driven_audio,
+                option=option,
+                request_id=request_id,
                 **motion,
             ),
             deadline=deadline,
@@ -117,8 +121,11 @@ def generate_and_wait(
     else:
         answer = retry_unavailable(
             lambda: client.generate(
-                driven_audio=_plain(driven_audio), source_image=_plain(source_image), option=option,
-                request_id=request_id, **{name: _plain(value) for name, value in motion.items() if value is not None},
+                driven_audio=_plain(driven_audio),
+                source_image=_plain(source_image),
+                option=option,
+                request_id=request_id,
+                **{name: _plain(value) for name, value in motion.items() if value is not None},
             ),
             deadline=deadline,
         )
@@ -262,8 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     with SadTalkerClient(args.url, timeout=60, token=args.token) as client:
         try:
             status = generate_and_wait(
-                client, source_image=args.image, driven_audio=args.audio, option=args.option,
-                request_id=args.request_id, on_status=show, download_to=args.download_to,
+                client,
+                source_image=args.image,
+                driven_audio=args.audio,
+                option=args.option,
+                request_id=args.request_id,
+                on_status=show,
+                download_to=args.download_to,
             )
         except (JobFailed, ServiceError) as exc:
             print(f"error: {exc}")

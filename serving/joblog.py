@@ -91,4 +91,3 @@ def install_client_error_log_filter() -> None:
     logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(existing, ClientErrorLogFilter) for existing in logger.filters):
         logger.addFilter(ClientErrorLogFilter())
-

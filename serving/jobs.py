@@ -94,8 +94,7 @@ class JobService:
             if is_disk_full(exc):
                 log.error("cannot record a new job: the job database is not writable (%s)", exc)
                 raise StoreFull(
-                    f"the service cannot record new jobs: its state disk is full or read-only ({exc}); "
-                    "retry later"
+                    f"the service cannot record new jobs: its state disk is full or read-only ({exc}); retry later"
                 ) from exc
             if is_store_unreachable(exc):
                 log.error("cannot record a new job: the job database cannot be reached (%s)", exc)

@@ -393,9 +393,7 @@ class SqliteJobStore(JobStore):
         with self._transaction() as db:  # IMMEDIATE: two processes starting together migrate once
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"job database {self.path} has layout version {version}, newer than {SCHEMA_VERSION}"
-                )
+                raise StoreError(f"job database {self.path} has layout version {version}, newer than {SCHEMA_VERSION}")
             for number in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _statements(MIGRATIONS[number - 1]):
                     db.execute(statement)

@@ -258,9 +258,7 @@ class PostgresJobStore(JobStore):
 
     def live_job_ids(self) -> set[str]:
         with self._transaction() as cur:
-            cur.execute(
-                f"SELECT id FROM {TABLE} WHERE state = 'running' AND lease_expires_at >= %s", (self._clock(),)
-            )
+            cur.execute(f"SELECT id FROM {TABLE} WHERE state = 'running' AND lease_expires_at >= %s", (self._clock(),))
             return {str(row["id"]) for row in cur.fetchall()}
 
     # -- submission -------------------------------------------------------------------------------------------

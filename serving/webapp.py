@@ -240,8 +240,9 @@ def create_app(context: Callable[[], WebContext]) -> Starlette:
         keys = {name: request.query_params.get(name, "").strip() for name in ("request_id", "job_id")}
         given = {name: value for name, value in keys.items() if value}
         if len(given) != 1 or any(len(value) > 128 for value in given.values()):
-            return _error(400, "request_id: give exactly one of ?request_id=<request_id> and ?job_id=<job id>",
-                          "request_id")
+            return _error(
+                400, "request_id: give exactly one of ?request_id=<request_id> and ?job_id=<job id>", "request_id"
+            )
         web = context()
         try:
             status = await run_in_threadpool(web.runtime.jobs.status, **given)

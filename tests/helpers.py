@@ -142,9 +142,7 @@ MIN_PSNR_DB = 30.0
 Region = tuple[slice, slice]  # (rows, columns) of a frame
 
 
-def frame_psnrs(
-    decoded: np.ndarray, expected: np.ndarray, region: Region | None = None
-) -> list[tuple[float, float]]:
+def frame_psnrs(decoded: np.ndarray, expected: np.ndarray, region: Region | None = None) -> list[tuple[float, float]]:
     """Per frame (luma PSNR, RGB PSNR against ``expected`` as yuv420p holds it), over ``region`` if given.
 
     The region is cut after the yuv420p conversion of the whole frame, so the chroma grid is the encoder's.
@@ -196,4 +194,3 @@ def write_blind_checkpoints(checkpoints: Path, out: Path) -> Path:
             state[key] = torch.tensor([20.0, -20.0]).repeat(state[key].numel() // 2)
     torch.save(state, out / DETECTOR_FILE)
     return out
-

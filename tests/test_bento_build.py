@@ -38,8 +38,12 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (project / name).write_bytes(content)
     env = {**os.environ, "BENTOML_HOME": str(root / "home"), "BENTOML_DO_NOT_TRACK": "True"}
     result = subprocess.run(
-        [str(BENTOML), "build", str(project), "--output", "tag"], cwd=project, env=env, capture_output=True,
-        text=True, timeout=300,
+        [str(BENTOML), "build", str(project), "--output", "tag"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
@@ -49,9 +53,17 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bento_holds_the_service_and_its_code(bento: Path) -> None:
     src = bento / "src"
-    for name in ("service.py", "sadtalker/pipeline.py", "sadtalker/checkpoints/checkpoint_manifest.json",
-                 "serving/jobs.py", "sadtalker/render/generator.py", "checkpoints/README.md",
-                 "serving/web/index.html", "serving/web/app.js", "serving/web/style.css"):
+    for name in (
+        "service.py",
+        "sadtalker/pipeline.py",
+        "sadtalker/checkpoints/checkpoint_manifest.json",
+        "serving/jobs.py",
+        "sadtalker/render/generator.py",
+        "checkpoints/README.md",
+        "serving/web/index.html",
+        "serving/web/app.js",
+        "serving/web/style.css",
+    ):
         assert (src / name).is_file(), name
     meta = yaml.safe_load((bento / "bento.yaml").read_text())
     assert meta["service"] == "service:SadTalkerService"
@@ -83,8 +95,12 @@ def test_dockerfile_has_system_packages_user_entrypoint_and_data_dirs(bento: Pat
     assert "ARG BENTO_USER_UID=1034" in dockerfile
     lines = [line for line in dockerfile.splitlines() if line.strip()]
     assert lines[-1].startswith("ENTRYPOINT") and lines[-2] == "USER bentoml"  # runs as the non-root user
-    for name, value in (("SADTALKER_CHECKPOINTS", "/data/checkpoints"), ("SADTALKER_OUTPUT_DIR", "/data/output"),
-                        ("SADTALKER_STATE_DIR", "/data/state"), ("SADTALKER_INPUT_DIRS", "/data/inputs")):
+    for name, value in (
+        ("SADTALKER_CHECKPOINTS", "/data/checkpoints"),
+        ("SADTALKER_OUTPUT_DIR", "/data/output"),
+        ("SADTALKER_STATE_DIR", "/data/state"),
+        ("SADTALKER_INPUT_DIRS", "/data/inputs"),
+    ):
         assert f"ARG {name}={value}" in dockerfile
     assert "SADTALKER_ALLOW_CPU" not in dockerfile
     # uv's download cache would otherwise stay in the image layer (measured: 12.9 GB image with it).
@@ -125,9 +141,16 @@ def test_built_bento_serves_a_job(bento: Path, tmp_path: Path) -> None:
     server = launch(dirs, env, "bento-fake", target=str(bento), cwd=tmp_path)
     try:
         wait_ready(server)
-        response = post(server, "/generate", {"driven_audio": str(dirs.inputs / "speech.wav"),
-                                              "source_image": str(dirs.inputs / "face.png"), "option": "crop",
-                                              "request_id": "from-the-bento"})
+        response = post(
+            server,
+            "/generate",
+            {
+                "driven_audio": str(dirs.inputs / "speech.wav"),
+                "source_image": str(dirs.inputs / "face.png"),
+                "option": "crop",
+                "request_id": "from-the-bento",
+            },
+        )
         assert (response.status_code, response.text) == (200, "1"), response.text
         status = wait_state(server, "from-the-bento", {"completed", "failed"})
         assert status["state"] == "completed", status

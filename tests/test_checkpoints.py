@@ -151,8 +151,15 @@ def test_checkpoint_paths(tmp_path: Path) -> None:
     assert paths.mapping_for(CROP_COEFFS) == tmp_path / MAPPING_CROP
     assert paths.mapping_for(FULL_COEFFS) == tmp_path / "mapping_00109-model.pth.tar"
     names = {spec.name for spec in default_manifest().select("512")}
-    fields = [paths.sadtalker, paths.mapping_crop, paths.mapping_full, paths.face_alignment, paths.face_detection,
-              paths.face_parsing, paths.gfpgan]
+    fields = [
+        paths.sadtalker,
+        paths.mapping_crop,
+        paths.mapping_full,
+        paths.face_alignment,
+        paths.face_detection,
+        paths.face_parsing,
+        paths.gfpgan,
+    ]
     assert {p.name for p in fields} == names
 
 
@@ -268,8 +275,15 @@ def test_sha256_checked_when_known(tmp_path: Path) -> None:
     state = _tiny_state(2)
     path = tmp_path / "a.safetensors"
     save_file(state, str(path))
-    spec = CheckpointFile("a.safetensors", "http://unused/a", Layout("a", "safetensors", _specs(state)), ("256",),
-                          "face", 1, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    spec = CheckpointFile(
+        "a.safetensors",
+        "http://unused/a",
+        Layout("a", "safetensors", _specs(state)),
+        ("256",),
+        "face",
+        1,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
     assert verify_file(path, spec) == []
     (problem,) = verify_file(path, replace(spec, sha256="0" * 64))
     assert problem.kind == "checksum"
@@ -354,12 +368,26 @@ def tiny(tmp_path: Path) -> tuple[Manifest, dict[str, bytes]]:
     state_a, state_b = _tiny_state(3), _tiny_state(4, channels=4)
     save_file(state_a, str(src / "a.safetensors"))
     torch.save({"state_dict": state_b, "epoch": 7}, src / "b.pth")
-    manifest = Manifest((
-        CheckpointFile("a.safetensors", "http://invalid.test/a", Layout("a", "safetensors", _specs(state_a)),
-                       ("256",), "sadtalker", 300_000),
-        CheckpointFile("b.pth", "http://invalid.test/b", Layout("b", "torch", _specs(state_b), ("state_dict",),
-                       ("epoch",)), ("256",), "face", 300_000),
-    ))
+    manifest = Manifest(
+        (
+            CheckpointFile(
+                "a.safetensors",
+                "http://invalid.test/a",
+                Layout("a", "safetensors", _specs(state_a)),
+                ("256",),
+                "sadtalker",
+                300_000,
+            ),
+            CheckpointFile(
+                "b.pth",
+                "http://invalid.test/b",
+                Layout("b", "torch", _specs(state_b), ("state_dict",), ("epoch",)),
+                ("256",),
+                "face",
+                300_000,
+            ),
+        )
+    )
     return manifest, {name: (src / name).read_bytes() for name in ("a.safetensors", "b.pth")}
 
 
@@ -511,8 +539,15 @@ def test_download_fails_fast_when_the_host_does_not_resolve(tiny, tmp_path: Path
     started = time.monotonic()
     with pytest.raises(DownloadError) as raised:
         # .invalid never resolves (RFC 2606), with or without a network.
-        download_checkpoints(root, ("256",), manifest=manifest, mirror="http://sadtalker-checkpoints.invalid",
-                             progress=False, retries=3, backoff=10)
+        download_checkpoints(
+            root,
+            ("256",),
+            manifest=manifest,
+            mirror="http://sadtalker-checkpoints.invalid",
+            progress=False,
+            retries=3,
+            backoff=10,
+        )
     message = str(raised.value)
     assert "cannot resolve sadtalker-checkpoints.invalid" in message
     assert "not attempted" in message and "copy them into" in message

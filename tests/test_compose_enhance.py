@@ -62,8 +62,16 @@ def _narrow_gfpgan(seed: int = 0, size: int = 512) -> GFPGANv1Clean:
     """A cheap GFPGANv1Clean (1/16 of the channels) with noise strengths large enough to matter."""
     torch.manual_seed(seed)
     net = GFPGANv1Clean(
-        out_size=size, num_style_feat=32, channel_multiplier=1, decoder_load_path=None, fix_decoder=False,
-        num_mlp=2, input_is_latent=True, different_w=True, narrow=1 / 16, sft_half=True,
+        out_size=size,
+        num_style_feat=32,
+        channel_multiplier=1,
+        decoder_load_path=None,
+        fix_decoder=False,
+        num_mlp=2,
+        input_is_latent=True,
+        different_w=True,
+        narrow=1 / 16,
+        sft_half=True,
     )
     with torch.no_grad():
         for name, param in net.named_parameters():
@@ -144,8 +152,12 @@ def _gfpganer(
     os.chdir(workdir)
     try:
         restorer = GFPGANer(
-            model_path=str(checkpoints / "GFPGANv1.4.pth"), upscale=1, arch="clean", channel_multiplier=2,
-            bg_upsampler=None, device=torch.device("cpu"),
+            model_path=str(checkpoints / "GFPGANv1.4.pth"),
+            upscale=1,
+            arch="clean",
+            channel_multiplier=2,
+            bg_upsampler=None,
+            device=torch.device("cpu"),
         )
     finally:
         os.chdir(cwd)

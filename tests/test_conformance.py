@@ -17,16 +17,40 @@ INJECTION_ONLY = {"haar_box_xywh"}
 # golden proves nothing.  Seed 0's own blink and pose draws are checked in test_seed_zero_reproduces_...
 INJECTED = {"lm68_orig", "lm68_crop", "blink_ratio", "audio2pose_z", "meta_json"}
 EXACT = {
-    "align_rsize_wh", "crop_box_xyxy", "quad_lx_ly_rx_ry", "crop_info_size_wh", "cropped_hw_before_resize",
-    "target_semantics_batched_shape", "paste_src_hw", "paste_center_xy",
+    "align_rsize_wh",
+    "crop_box_xyxy",
+    "quad_lx_ly_rx_ry",
+    "crop_info_size_wh",
+    "cropped_hw_before_resize",
+    "target_semantics_batched_shape",
+    "paste_src_hw",
+    "paste_center_xy",
 }
 ONE_LEVEL = {"crop_image", "recon_input_224"}
 RENDERED_UINT8 = {"render_uint8", "video_frame0_uint8"}
 ABS_1E4 = {
-    "recon_lm68_flipped_in", "trans_params_raw", "recon_lm68_224", "face3d_full_coeff_257", "source_full_3dmm_257",
-    "source_coeff_73", "ref_coeff_70", "wav_16k", "mel", "indiv_mels", "audio2exp_exp_64", "audio2pose_audio_emb",
-    "audio2pose_chunk_motion", "audio2pose_motion_6", "audio2pose_pose_raw_6", "audio2pose_pose_savgol_6",
-    "coeff_pred_70", "source_image_float", "source_semantics", "target_semantics", "kp_canonical", "kp_source",
+    "recon_lm68_flipped_in",
+    "trans_params_raw",
+    "recon_lm68_224",
+    "face3d_full_coeff_257",
+    "source_full_3dmm_257",
+    "source_coeff_73",
+    "ref_coeff_70",
+    "wav_16k",
+    "mel",
+    "indiv_mels",
+    "audio2exp_exp_64",
+    "audio2pose_audio_emb",
+    "audio2pose_chunk_motion",
+    "audio2pose_motion_6",
+    "audio2pose_pose_raw_6",
+    "audio2pose_pose_savgol_6",
+    "coeff_pred_70",
+    "source_image_float",
+    "source_semantics",
+    "target_semantics",
+    "kp_canonical",
+    "kp_source",
     "kp_driving",
 }
 
@@ -119,8 +143,10 @@ def test_command_line_writes_npz(
     monkeypatch.setattr(sadtalker.conformance, "SadTalker", shared_talker)
     case_dir = reference_dir / "golden" / "crop_people0_256"
     out = tmp_path / "out.npz"
-    assert main(["--case", str(case_dir), "--checkpoints", str(synthetic_checkpoints), "--out", str(out),
-                 "--frames", "1"]) == 0
+    assert (
+        main(["--case", str(case_dir), "--checkpoints", str(synthetic_checkpoints), "--out", str(out), "--frames", "1"])
+        == 0
+    )
     with np.load(out) as data:
         assert data["render_uint8"].shape == (1, 256, 256, 3)
         assert data["coeff_pred_70"].shape == (70, 70)

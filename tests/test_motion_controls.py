@@ -63,9 +63,29 @@ def _write_video(path: Path, frames: list[np.ndarray], *, fps: int = 25, codec: 
     height, width = frames[0].shape[:2]
     pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
     subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-         "-r", str(fps), "-i", "-", "-c:v", codec, "-pix_fmt", pix_fmt, str(path)],
-        input=b"".join(np.ascontiguousarray(f).tobytes() for f in frames), check=True,
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-c:v",
+            codec,
+            "-pix_fmt",
+            pix_fmt,
+            str(path),
+        ],
+        input=b"".join(np.ascontiguousarray(f).tobytes() for f in frames),
+        check=True,
     )
     return path
 
@@ -122,8 +142,15 @@ def test_options_defaults_change_nothing_and_are_validated(tmp_path: Path) -> No
     assert GenerateOptions(preprocess="extfull").coeff_nc == 73 and GenerateOptions(preprocess="extcrop").coeff_nc == 70
     options = GenerateOptions(ref_pose=str(tmp_path / "v.mp4"), input_yaw=[0, 20], input_roll=5)
     assert options.ref_pose == tmp_path / "v.mp4" and options.input_yaw == (0, 20) and options.input_roll == (5,)
-    for bad in (dict(input_yaw=[]), dict(input_yaw=["10"]), dict(input_pitch=[float("nan")]),
-                dict(input_roll=[400]), dict(ref_eyeblink=""), dict(ref_pose=3), dict(preprocess="extra")):
+    for bad in (
+        dict(input_yaw=[]),
+        dict(input_yaw=["10"]),
+        dict(input_pitch=[float("nan")]),
+        dict(input_roll=[400]),
+        dict(ref_eyeblink=""),
+        dict(ref_pose=3),
+        dict(preprocess="extra"),
+    ):
         with pytest.raises(ValueError):
             GenerateOptions(**bad)
 
@@ -224,8 +251,7 @@ def test_reference_video_errors(
     found = reference_coefficients(video, preprocess="crop", recon_net=recon, landmarker=talker.landmarker)
     assert calls == [True, False, False, False] and found.frames_without_face == 1
     # Frame 1 used frame 0's landmarks on its own crop: the same as injecting frame 0's landmarks for it.
-    reused = reference_coefficients(video, preprocess="crop", recon_net=recon,
-                                    landmarks=landmarks[[0, 0, 2]])
+    reused = reference_coefficients(video, preprocess="crop", recon_net=recon, landmarks=landmarks[[0, 0, 2]])
     np.testing.assert_array_equal(found.coeff_73, reused.coeff_73)
 
     def no_face(*args, **kwargs):
@@ -233,8 +259,9 @@ def test_reference_video_errors(
 
     monkeypatch.setattr(talker.landmarker, "detect", no_face)
     with pytest.raises(errors.ReferenceVideoError, match="first frame") as raised:
-        reference_coefficients(video, preprocess="crop", recon_net=recon, landmarker=talker.landmarker,
-                               field="ref_eyeblink")
+        reference_coefficients(
+            video, preprocess="crop", recon_net=recon, landmarker=talker.landmarker, field="ref_eyeblink"
+        )
     assert raised.value.field == "ref_eyeblink"
 
     # Another frame rate: frames are used one per output frame, as the original does, with a warning.
@@ -312,8 +339,9 @@ def test_free_view_angles_drive_every_frame(talker: SadTalker, motion_inputs) ->
     driving = renderer.drive(source, semantics.target, angles)
     for t in range(8):  # frame t: predicted roll and translation/expression, requested yaw[t] and pitch 5
         pose = renderer.mapping(semantics.target[t : t + 1])
-        kp = transform_keypoints(source.kp_canonical, pose, yaw_degrees=torch.tensor([expected_yaw[t]]),
-                                 pitch_degrees=torch.tensor([5.0]))
+        kp = transform_keypoints(
+            source.kp_canonical, pose, yaw_degrees=torch.tensor([expected_yaw[t]]), pitch_degrees=torch.tensor([5.0])
+        )
         torch.testing.assert_close(driving.kp_driving[t : t + 1], kp, atol=1e-5, rtol=0)
     # The render path passes them on: frame 0 from render_frames equals frame 0 rendered with its angles.
     first = next(talker.render_frames(face, semantics, replace(options, batch_size=1), angles))
@@ -342,8 +370,14 @@ def test_each_feature_end_to_end(talker: SadTalker, reference_dir: Path, tmp_pat
     options = replace(options, enhancer="none", seed=0, max_frames=1)
     out = tmp_path / "out"
     out.mkdir()
-    output = talker.generate(image_path, audio, out / "clip.mp4", options=options, landmarks=landmarks,
-                             reference_landmarks={feature: video_landmarks})
+    output = talker.generate(
+        image_path,
+        audio,
+        out / "clip.mp4",
+        options=options,
+        landmarks=landmarks,
+        reference_landmarks={feature: video_landmarks},
+    )
     info = probe_video(output)
     assert info["frames"] == 1 and info["fps"] == 25
     if feature == "extfull":
@@ -418,11 +452,29 @@ def test_conformance_runner_motion_cases(
 def test_command_line_flags_are_the_originals() -> None:
     from sadtalker.__main__ import build_parser, options_from_args
 
-    args = build_parser().parse_args([
-        "--source_image", "face.png", "--driven_audio", "speech.wav", "--ref_eyeblink", "blink.mp4",
-        "--ref_pose", "nod.mp4", "--input_yaw", "-30", "30", "--input_pitch", "10", "--input_roll", "0", "5", "0",
-        "--preprocess", "extfull",
-    ])
+    args = build_parser().parse_args(
+        [
+            "--source_image",
+            "face.png",
+            "--driven_audio",
+            "speech.wav",
+            "--ref_eyeblink",
+            "blink.mp4",
+            "--ref_pose",
+            "nod.mp4",
+            "--input_yaw",
+            "-30",
+            "30",
+            "--input_pitch",
+            "10",
+            "--input_roll",
+            "0",
+            "5",
+            "0",
+            "--preprocess",
+            "extfull",
+        ]
+    )
     options = options_from_args(args)
     assert (options.ref_eyeblink, options.ref_pose) == (Path("blink.mp4"), Path("nod.mp4"))
     assert (options.input_yaw, options.input_pitch, options.input_roll) == ((-30, 30), (10,), (0, 5, 0))

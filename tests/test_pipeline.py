@@ -243,8 +243,12 @@ def test_no_face_is_reported_by_the_real_detector(
 
 
 def test_command_line_renders_into_result_dir(
-    talker: SadTalker, synthetic_checkpoints: Path, reference_dir: Path, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    talker: SadTalker,
+    synthetic_checkpoints: Path,
+    reference_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import sadtalker.pipeline
     from sadtalker.__main__ import main
@@ -260,11 +264,27 @@ def test_command_line_renders_into_result_dir(
     image, landmarks, wav = case_inputs(reference_dir, CROP_CASE)
     audio = short_wav(wav, tmp_path / "speech.wav", frames=2)
     np.save(tmp_path / "landmarks.npy", landmarks)
-    code = main([
-        "--source_image", str(image), "--driven_audio", str(audio), "--result_dir", str(tmp_path / "results"),
-        "--checkpoint_dir", str(synthetic_checkpoints), "--landmarks", str(tmp_path / "landmarks.npy"),
-        "--preprocess", "crop", "--enhancer", "none", "--seed", "0", "--cpu",
-    ])
+    code = main(
+        [
+            "--source_image",
+            str(image),
+            "--driven_audio",
+            str(audio),
+            "--result_dir",
+            str(tmp_path / "results"),
+            "--checkpoint_dir",
+            str(synthetic_checkpoints),
+            "--landmarks",
+            str(tmp_path / "landmarks.npy"),
+            "--preprocess",
+            "crop",
+            "--enhancer",
+            "none",
+            "--seed",
+            "0",
+            "--cpu",
+        ]
+    )
     assert code == 0
     assert loads == [(synthetic_checkpoints, "cpu", {"sizes": (256,), "enhancer": False, "face_detection": False})]
     output = Path(capsys.readouterr().out.strip().splitlines()[-1])

@@ -66,8 +66,9 @@ def test_anti_alias_buffer_equals_the_stored_one(checkpoint_256: dict[str, torch
     torch.testing.assert_close(gaussian_kernel_2d(0.25, 3), checkpoint_256["kp_extractor.down.weight"], rtol=0, atol=0)
 
 
-def test_wrong_shape_in_safetensors_names_the_key(checkpoint_256: dict[str, torch.Tensor],
-                                                   synthetic_checkpoints: Path) -> None:
+def test_wrong_shape_in_safetensors_names_the_key(
+    checkpoint_256: dict[str, torch.Tensor], synthetic_checkpoints: Path
+) -> None:
     broken = dict(checkpoint_256)
     key = "generator.decoder.up_0.conv_s.weight_v"
     broken[key] = torch.zeros(7)
@@ -78,8 +79,9 @@ def test_wrong_shape_in_safetensors_names_the_key(checkpoint_256: dict[str, torc
     assert "x.st[generator.]" in message
 
 
-def test_mapping_file_for_the_other_coeff_nc_is_rejected(checkpoint_256: dict[str, torch.Tensor],
-                                                         synthetic_checkpoints: Path) -> None:
+def test_mapping_file_for_the_other_coeff_nc_is_rejected(
+    checkpoint_256: dict[str, torch.Tensor], synthetic_checkpoints: Path
+) -> None:
     with pytest.raises(CheckpointError, match=r"first\.0\.weight.*\[1024, 73, 7\].*\[1024, 70, 7\]"):
         Renderer.from_checkpoint(checkpoint_256, synthetic_checkpoints / MAPPING_FILES[73], coeff_nc=70)
 

@@ -201,7 +201,7 @@ def test_frames_to_uint8_matches_skimage_rule() -> None:
     """skimage img_as_ubyte(float32): np.rint(np.multiply(x, 255, dtype=float32)), clipped (rint: half to even)."""
     g = torch.Generator().manual_seed(0)
     values = torch.cat([torch.rand(4000, generator=g), torch.tensor([0.0, 1.0, 0.5, 1.5 / 255, 2.5 / 255, 1e-9])])
-    frames = values[: 4002].view(1, 3, 46, 29)
+    frames = values[:4002].view(1, 3, 46, 29)
     ours = frames_to_uint8(frames).numpy()
     x = frames.permute(0, 2, 3, 1).numpy()
     expected = np.clip(np.rint(np.multiply(x, 255, dtype=np.float32)), 0, 255).astype(np.uint8)
@@ -217,12 +217,25 @@ def test_default_configs_match_the_yaml(reference_dir: Path) -> None:
         kp_cfg = KPDetectorConfig()
         assert (kp_cfg.num_kp, kp_cfg.image_channel) == (common["num_kp"], common["image_channel"])
         assert not common["estimate_jacobian"]
-        for key in ("block_expansion", "max_features", "num_blocks", "reshape_channel", "reshape_depth",
-                    "temperature", "scale_factor"):
+        for key in (
+            "block_expansion",
+            "max_features",
+            "num_blocks",
+            "reshape_channel",
+            "reshape_depth",
+            "temperature",
+            "scale_factor",
+        ):
             assert getattr(kp_cfg, key) == kp[key], key
         gen_cfg = GeneratorConfig()
-        for key in ("block_expansion", "max_features", "num_down_blocks", "reshape_channel", "reshape_depth",
-                    "num_resblocks"):
+        for key in (
+            "block_expansion",
+            "max_features",
+            "num_down_blocks",
+            "reshape_channel",
+            "reshape_depth",
+            "num_resblocks",
+        ):
             assert getattr(gen_cfg, key) == gen[key], key
         dm = DenseMotionConfig()
         assert dm.estimate_occlusion_map == gen["estimate_occlusion_map"]

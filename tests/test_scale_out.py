@@ -72,7 +72,10 @@ def kill_worker_group(worker_pid: int, server: Server) -> None:
 def test_three_workers_share_the_queue_and_a_killed_worker_loses_its_job(tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
     env = server_env(
-        dirs, SADTALKER_GPUS="3", SADTALKER_LEASE_SECONDS=LEASE, SADTALKER_FAKE_RENDER_SECONDS="3",
+        dirs,
+        SADTALKER_GPUS="3",
+        SADTALKER_LEASE_SECONDS=LEASE,
+        SADTALKER_FAKE_RENDER_SECONDS="3",
         SADTALKER_MAX_QUEUE="32",
     )
     server = launch(dirs, env, "three")
@@ -164,8 +167,10 @@ def test_two_servers_on_one_postgres_database(tmp_path: Path, postgres_url: str)
 
         # A burst of 50 concurrent submissions across two replicas respects the global queue bound.
         assert survivor.stop() == 0, survivor.output()
-        burst = [replica(3, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="8"),
-                 replica(4, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="8")]
+        burst = [
+            replica(3, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="8"),
+            replica(4, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_MAX_QUEUE="8"),
+        ]
         servers.extend(burst)
         for server in burst:
             wait_ready(server)

@@ -326,15 +326,24 @@ def test_client_example_submits_and_follows_status(served: tuple[Server, Dirs]) 
     seen: list[str] = []
     with SadTalkerClient(server.url, timeout=60) as client:
         status = generate_and_wait(
-            client, source_image=dirs.inputs / "face.png", driven_audio=dirs.inputs / "speech.wav", option="full",
-            poll_seconds=0.1, timeout_seconds=60, on_status=lambda s: seen.append(s["state"]),
+            client,
+            source_image=dirs.inputs / "face.png",
+            driven_audio=dirs.inputs / "speech.wav",
+            option="full",
+            poll_seconds=0.1,
+            timeout_seconds=60,
+            on_status=lambda s: seen.append(s["state"]),
         )
         assert status["state"] == "completed" and Path(status["output_path"]).is_file()
         assert seen[-1] == "completed"
         with pytest.raises(JobFailed, match="failed"):
             generate_and_wait(
-                client, source_image=dirs.inputs / "fail_face.png", driven_audio=dirs.inputs / "speech.wav",
-                option="crop", poll_seconds=0.1, timeout_seconds=60,
+                client,
+                source_image=dirs.inputs / "fail_face.png",
+                driven_audio=dirs.inputs / "speech.wav",
+                option="crop",
+                poll_seconds=0.1,
+                timeout_seconds=60,
             )
 
 
@@ -366,8 +375,10 @@ def test_request_hygiene_415_413_and_strict_landmarks(served: tuple[Server, Dirs
     form = httpx.post(f"{server.url}/generate", data={"source_image": "x", "driven_audio": "y", "option": "crop"})
     assert form.status_code == 415 and "application/json" in form.json()["error"]
     huge = httpx.post(
-        f"{server.url}/generate", content=b'{"pad": "' + b"x" * (1 << 20) + b'"}',
-        headers={"content-type": "application/json"}, timeout=30,
+        f"{server.url}/generate",
+        content=b'{"pad": "' + b"x" * (1 << 20) + b'"}',
+        headers={"content-type": "application/json"},
+        timeout=30,
     )
     assert huge.status_code == 413 and "limit" in huge.json()["error"]
     strings = post(server, "/generate", body(dirs, landmarks=[["1", "2"]] * 68))
@@ -511,8 +522,13 @@ def test_invalid_env_value_serve_exits_nonzero(tmp_path: Path) -> None:
 def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) -> None:
     dirs = Dirs.make(tmp_path)
     # The render checks in every 30 s: less often than the 10 s abort wait, like a real CPU batch with GFPGAN.
-    slow = server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="60", SADTALKER_FAKE_TICKS="2", SADTALKER_MAX_QUEUE="1",
-                      SADTALKER_SHUTDOWN_GRACE="1")
+    slow = server_env(
+        dirs,
+        SADTALKER_FAKE_RENDER_SECONDS="60",
+        SADTALKER_FAKE_TICKS="2",
+        SADTALKER_MAX_QUEUE="1",
+        SADTALKER_SHUTDOWN_GRACE="1",
+    )
     server = launch(dirs, slow, "slow")
     wait_ready(server)
     try:
@@ -537,8 +553,9 @@ def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) 
 
     # The restart also moves the output directory: queued jobs are written where the server writes now.
     moved = tmp_path / "output-after-restart"
-    restarted = launch(dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3", SADTALKER_OUTPUT_DIR=str(moved)),
-                       "restarted")
+    restarted = launch(
+        dirs, server_env(dirs, SADTALKER_FAKE_RENDER_SECONDS="0.3", SADTALKER_OUTPUT_DIR=str(moved)), "restarted"
+    )
     wait_ready(restarted)
     try:
         done = [wait_state(restarted, key, {"completed", "failed"}) for key in ("running", "waiting")]

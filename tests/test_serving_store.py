@@ -118,7 +118,9 @@ def test_claim_order_and_lifecycle(tmp_path: Path, open_job_store: OpenStore) ->
     assert store.fail(second.id, "me", "source_image: no face", "no_face")
     failed = store.get(second.id)
     assert failed is not None and (failed.state, failed.error, failed.error_kind) == (
-        JobState.FAILED, "source_image: no face", "no_face"
+        JobState.FAILED,
+        "source_image: no face",
+        "no_face",
     )
     assert store.counts() == {"queued": 1, "running": 0, "completed": 1, "failed": 1}
     assert [r.id for r in store.recent(10)] == [ids[2], ids[1], ids[0]]
@@ -384,7 +386,10 @@ def test_one_request_type_end_to_end_through_the_store(tmp_path: Path, open_job_
     pipeline = FakePipeline(render_seconds=0.0, ticks=2)
     (tmp_path / "out").mkdir()
     worker = RenderWorker(
-        pipeline, store, JobMetrics.create(CollectorRegistry()), temp_root=tmp_path / "state" / "tmp",
+        pipeline,
+        store,
+        JobMetrics.create(CollectorRegistry()),
+        temp_root=tmp_path / "state" / "tmp",
         input_roots=[inputs],
     )
     store.insert(WithMood(**request(inputs, 1).model_dump(), mood="cheerful"), output(tmp_path, 1))

@@ -126,7 +126,8 @@ def test_fingerprint_is_stable_for_stored_jobs_and_new_optional_fields() -> None
     job = JobRequest(source_image="/i/a.png", driven_audio="/i/b.wav", preset="full", request_id="r")
     v1 = json.dumps(
         {"source_image": "/i/a.png", "driven_audio": "/i/b.wav", "option": "full", "landmarks": None},
-        sort_keys=True, separators=(",", ":"),
+        sort_keys=True,
+        separators=(",", ":"),
     )
     assert job.fingerprint() == hashlib.sha256(v1.encode()).hexdigest()
 

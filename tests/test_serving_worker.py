@@ -36,7 +36,12 @@ class Harness:
 
     def make_worker(self, pipeline: FakePipeline, **options: object) -> RenderWorker:
         return RenderWorker(
-            pipeline, self.store, self.metrics, temp_root=self.temp_root, input_roots=[self.inputs], **options  # type: ignore[arg-type]
+            pipeline,
+            self.store,
+            self.metrics,
+            temp_root=self.temp_root,
+            input_roots=[self.inputs],
+            **options,  # type: ignore[arg-type]
         )
 
     def submit(self, name: str = "face.png", preset: str = "crop", seconds: float = 2.0, **extra: object) -> str:
@@ -302,8 +307,10 @@ class FlakyStore(SqliteJobStore):
     def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
         attribute = super().__getattribute__(name)
         if name in type(self).fail_writes and super().__getattribute__("full"):
+
             def refuse(*args: object, **kwargs: object) -> object:
                 raise sqlite3.OperationalError("database or disk is full")
+
             return refuse
         return attribute
 

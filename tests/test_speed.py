@@ -141,13 +141,23 @@ def test_fast_mode_rendered_frames_stay_close_to_exact(golden_case_dir: Path, ta
     options = GenerateOptions(preprocess=meta["preprocess"], still=meta["still"], enhancer="none", seed=0)
     image = load_image(golden_case_dir / meta["image"])
     face = talker.prepare_face(image, options, landmarks, meta["image"])
-    motion = talker.predict_motion(compute_audio_features(load_audio(golden_case_dir / meta["audio"])), face,
-                                   options, seed=0)
+    motion = talker.predict_motion(
+        compute_audio_features(load_audio(golden_case_dir / meta["audio"])), face, options, seed=0
+    )
     semantics = talker.semantics(motion, face, options)
     semantics = RenderSemantics(semantics.source, semantics.target[:FIDELITY_FRAMES])
     exact = np.concatenate(list(talker.render_frames(face, semantics, options)))
-    fast = np.concatenate(list(talker.render_frames(face, semantics, GenerateOptions(
-        preprocess=meta["preprocess"], still=meta["still"], enhancer="none", seed=0, precision="fast"))))
+    fast = np.concatenate(
+        list(
+            talker.render_frames(
+                face,
+                semantics,
+                GenerateOptions(
+                    preprocess=meta["preprocess"], still=meta["still"], enhancer="none", seed=0, precision="fast"
+                ),
+            )
+        )
+    )
     values = [_psnr(a, b) for a, b in zip(fast, exact, strict=True)]
     print(f"{golden_case_dir.name}: fast vs exact PSNR mean {np.mean(values):.1f} dB, worst {min(values):.1f} dB")
     assert len(values) == FIDELITY_FRAMES

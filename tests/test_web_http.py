@@ -159,8 +159,11 @@ def test_missing_file_part_is_400(web: tuple[Server, Dirs]) -> None:
     server, dirs = web
     with open(dirs.inputs / "face.png", "rb") as image:
         response = httpx.post(
-            f"{server.url}/generate_upload", headers=AUTH, data={"option": "full"},
-            files={"source_image": ("face.png", image)}, timeout=30,
+            f"{server.url}/generate_upload",
+            headers=AUTH,
+            data={"option": "full"},
+            files={"source_image": ("face.png", image)},
+            timeout=30,
         )
     assert response.status_code == 400 and response.json()["field"] == "driven_audio"
     assert spool(dirs) == []
@@ -208,8 +211,9 @@ def test_video_by_job_id_like_status(web: tuple[Server, Dirs]) -> None:
     by_request = httpx.get(f"{server.url}/video", params={"request_id": "by-job-id"}, headers=AUTH, timeout=30)
     by_job = httpx.get(f"{server.url}/video", params={"job_id": job_id}, headers=AUTH, timeout=30)
     assert by_job.status_code == 200 and by_job.content == by_request.content
-    both = httpx.get(f"{server.url}/video", params={"job_id": job_id, "request_id": "by-job-id"}, headers=AUTH,
-                     timeout=30)
+    both = httpx.get(
+        f"{server.url}/video", params={"job_id": job_id, "request_id": "by-job-id"}, headers=AUTH, timeout=30
+    )
     assert both.status_code == 400
     # Separate namespaces, as on /status: a job id is not a request_id.
     crossed = httpx.get(f"{server.url}/video", params={"request_id": job_id}, headers=AUTH, timeout=30)
@@ -228,14 +232,20 @@ def test_uploads_pass_the_json_body_limit_and_tokens_come_first(web: tuple[Serve
     response = upload(server, dirs, image="noisy.png", request_id="big-multipart")
     assert (response.status_code, response.text) == (200, "1")  # RequestLimits lets multipart uploads through
     assert wait_done(server, "big-multipart")["state"] == "completed"
-    checked = httpx.post(f"{server.url}/check_photo", headers=AUTH, timeout=60,
-                         files={"source_image": ("noisy.png", (dirs.inputs / "noisy.png").read_bytes())})
+    checked = httpx.post(
+        f"{server.url}/check_photo",
+        headers=AUTH,
+        timeout=60,
+        files={"source_image": ("noisy.png", (dirs.inputs / "noisy.png").read_bytes())},
+    )
     assert checked.status_code in (200, 503)  # 503 only without detector weights; never 413/415
     # JSON routes keep their limits, behind the token check: no token -> 401 whatever the body.
     form = {"content": b"a=1", "headers": {"content-type": "application/x-www-form-urlencoded"}}
     assert httpx.post(f"{server.url}/generate", timeout=30, **form).status_code == 401
-    assert httpx.post(f"{server.url}/generate", timeout=30, **{**form, "headers": {**form["headers"], **AUTH}}
-                      ).status_code == 415
+    assert (
+        httpx.post(f"{server.url}/generate", timeout=30, **{**form, "headers": {**form["headers"], **AUTH}}).status_code
+        == 415
+    )
     big = {"source_image": "x" * (70 * 1024), "driven_audio": "y", "option": "crop"}
     assert httpx.post(f"{server.url}/generate", json=big, timeout=30).status_code == 401
     assert httpx.post(f"{server.url}/generate", json=big, headers=AUTH, timeout=30).status_code == 413
@@ -262,20 +272,28 @@ def test_python_client_uploads_and_downloads(web: tuple[Server, Dirs], tmp_path:
     target = tmp_path / "clip.mp4"
     with SadTalkerClient(server.url, timeout=60, token=FILE_TOKEN) as client:
         status = generate_and_wait(
-            client, source_image=dirs.inputs / "face.png", driven_audio=str(dirs.inputs / "speech.wav"),
-            option="full", poll_seconds=0.2, timeout_seconds=60, download_to=target,
+            client,
+            source_image=dirs.inputs / "face.png",
+            driven_audio=str(dirs.inputs / "speech.wav"),
+            option="full",
+            poll_seconds=0.2,
+            timeout_seconds=60,
+            download_to=target,
         )
         assert status["state"] == "completed"
         assert target.read_bytes() == Path(status["output_path"]).read_bytes()
         with pytest.raises(ServiceError) as info:
-            upload_files(client, source_image=dirs.inputs / "junk.png", driven_audio=dirs.inputs / "speech.wav",
-                         option="crop")
+            upload_files(
+                client, source_image=dirs.inputs / "junk.png", driven_audio=dirs.inputs / "speech.wav", option="crop"
+            )
         assert info.value.status_code == 400 and info.value.body["field"] == "source_image"
     # The stock BentoML client: JSON endpoints as methods, the upload through its `request`.
     with bentoml.SyncHTTPClient(server.url, timeout=60, token=TOKEN) as client:
         with open(dirs.inputs / "face.png", "rb") as image, open(dirs.inputs / "speech.wav", "rb") as audio:
             answer = client.request(
-                "POST", "/generate_upload", data={"option": "crop", "request_id": "stock-client"},
+                "POST",
+                "/generate_upload",
+                data={"option": "crop", "request_id": "stock-client"},
                 files={"source_image": ("face.png", image), "driven_audio": ("speech.wav", audio)},
             )
         assert answer.text == "1"
@@ -308,10 +326,12 @@ def test_python_client_uploads_motion_controls(web: tuple[Server, Dirs], tmp_pat
 def test_check_photo(web: tuple[Server, Dirs]) -> None:
     server, dirs = web
     with open(dirs.inputs / "face.png", "rb") as image:
-        answer = httpx.post(f"{server.url}/check_photo", headers=AUTH, files={"source_image": ("f.png", image)},
-                            timeout=60)
-    by_path = httpx.post(f"{server.url}/check_photo", headers=AUTH,
-                         json={"source_image": str(dirs.inputs / "face.png")}, timeout=60)
+        answer = httpx.post(
+            f"{server.url}/check_photo", headers=AUTH, files={"source_image": ("f.png", image)}, timeout=60
+        )
+    by_path = httpx.post(
+        f"{server.url}/check_photo", headers=AUTH, json={"source_image": str(dirs.inputs / "face.png")}, timeout=60
+    )
     if os.environ.get("SADTALKER_TEST_CHECKPOINTS"):
         assert answer.status_code == 200, answer.text
         verdict = answer.json()
@@ -323,8 +343,9 @@ def test_check_photo(web: tuple[Server, Dirs]) -> None:
     outside = httpx.post(f"{server.url}/check_photo", headers=AUTH, json={"source_image": "/etc/hostname"}, timeout=30)
     assert outside.status_code == 400 and outside.json()["field"] == "source_image"
     with open(dirs.inputs / "junk.png", "rb") as junk:
-        unreadable = httpx.post(f"{server.url}/check_photo", headers=AUTH, files={"source_image": ("j.png", junk)},
-                                timeout=30)
+        unreadable = httpx.post(
+            f"{server.url}/check_photo", headers=AUTH, files={"source_image": ("j.png", junk)}, timeout=30
+        )
     assert unreadable.status_code in (400, 503)  # 400 once the detector is there: junk is no image
     assert spool(dirs) == []
 

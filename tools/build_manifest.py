@@ -163,8 +163,16 @@ def _gfpgan() -> Any:
 
     # The arguments GFPGANer uses for arch='clean', channel_multiplier=2.
     return GFPGANv1Clean(
-        out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
-        num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
+        out_size=512,
+        num_style_feat=512,
+        channel_multiplier=2,
+        decoder_load_path=None,
+        fix_decoder=False,
+        num_mlp=8,
+        input_is_latent=True,
+        different_w=True,
+        narrow=1,
+        sft_half=True,
     )
 
 
@@ -194,8 +202,11 @@ def build_layouts(reference: Mapping[str, Any]) -> dict[str, Layout]:
         if entry["top_level_keys_read"] != ["mapping", "epoch"]:
             raise SystemExit(f"{file}: unexpected top-level keys {entry['top_level_keys_read']}")
         layouts[name] = Layout(
-            name, "torch", _specs_from_reference(entry["tensors"]),
-            state_dict_keys=("mapping",), required_top_level_keys=("epoch",),
+            name,
+            "torch",
+            _specs_from_reference(entry["tensors"]),
+            state_dict_keys=("mapping",),
+            required_top_level_keys=("epoch",),
         )
     for name, (factory, fields) in THIRD_PARTY.items():
         layouts[name] = Layout(name=name, tensors=_specs_from_module(factory()), **fields)
@@ -212,7 +223,7 @@ def _dump(value: Any, indent: int = 0) -> str:
     """JSON with one line per module ({param: spec} dicts and lists stay on one line): compact and diffable."""
     pad = " " * indent
     if isinstance(value, dict) and value and not all(isinstance(v, str) for v in value.values()):
-        items = [f'{pad} {json.dumps(k)}: {_dump(v, indent + 1).lstrip()}' for k, v in value.items()]
+        items = [f"{pad} {json.dumps(k)}: {_dump(v, indent + 1).lstrip()}" for k, v in value.items()]
         return pad + "{\n" + ",\n".join(items) + "\n" + pad + "}"
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return pad + "[\n" + ",\n".join(_dump(v, indent + 1) for v in value) + "\n" + pad + "]"

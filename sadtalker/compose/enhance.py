@@ -85,9 +85,7 @@ class FaceEnhancer:
         needed = [paths.gfpgan, paths.face_parsing] + ([] if detector is not None else [paths.face_detection])
         missing = [path.name for path in needed if not path.is_file()]
         if missing:
-            raise CheckpointError(
-                f"face enhancer weights not found in {paths.directory}: missing {', '.join(missing)}"
-            )
+            raise CheckpointError(f"face enhancer weights not found in {paths.directory}: missing {', '.join(missing)}")
         if upscale < 1:
             raise ValueError(f"upscale must be >= 1, got {upscale}")
         self.device = torch.device(device)
@@ -160,7 +158,10 @@ class FaceEnhancer:
         return np.stack(out)
 
     def restore_faces(
-        self, crops: Sequence[np.ndarray], *, generator: torch.Generator | None = None,
+        self,
+        crops: Sequence[np.ndarray],
+        *,
+        generator: torch.Generator | None = None,
         precision: Precision = "exact",
     ) -> list[np.ndarray]:
         """GFPGAN on aligned 512x512 BGR uint8 faces, ``face_batch`` at a time; returns restored BGR uint8 faces.
@@ -202,8 +203,9 @@ class FaceEnhancer:
     ) -> list[np.ndarray]:
         aligned = [self._align(frame, None if landmarks is None else landmarks[i]) for i, frame in enumerate(frames)]
         # The faces of the whole chunk go to GFPGAN together, in frame order (GFPGANer's noise draw order).
-        restored = self.restore_faces([crop for frame in aligned for crop in frame.crops], generator=generator,
-                                      precision=precision)
+        restored = self.restore_faces(
+            [crop for frame in aligned for crop in frame.crops], generator=generator, precision=precision
+        )
         out = []
         for frame in aligned:
             faces, restored = restored[: len(frame.crops)], restored[len(frame.crops) :]

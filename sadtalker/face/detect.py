@@ -116,9 +116,7 @@ class FaceLandmarker:
         self.device = torch.device(device)
         missing = [path.name for path in (paths.face_detection, paths.face_alignment) if not path.is_file()]
         if missing:
-            raise CheckpointError(
-                f"face landmark weights not found in {paths.directory}: missing {', '.join(missing)}"
-            )
+            raise CheckpointError(f"face landmark weights not found in {paths.directory}: missing {', '.join(missing)}")
         self.detector = load_detector(paths.face_detection, self.device)
         self.aligner = _load_aligner(paths.face_alignment, self.device)
 

@@ -171,7 +171,10 @@ def reference_coefficients(
         logger.warning(
             "%s: %s is %.3g fps; like the original, its frames are used one per 25 fps output frame (motion "
             "%.2gx faster); re-encode it at 25 fps (ffmpeg -i in.mp4 -r 25 out.mp4) to keep its timing",
-            field, path.name, stream.fps, stream.fps / VIDEO_FPS,
+            field,
+            path.name,
+            stream.fps,
+            stream.fps / VIDEO_FPS,
         )
     rows: list[np.ndarray] = []
     missing = 0
@@ -191,9 +194,7 @@ def reference_coefficients(
             else:
                 assert landmarker is not None
                 try:
-                    lm_crop = landmarker.detect(
-                        crop.crop_image, image_name=f"frame {index} of {path.name}"
-                    ).landmarks
+                    lm_crop = landmarker.detect(crop.crop_image, image_name=f"frame {index} of {path.name}").landmarks
                 except NoFaceError:
                     if previous is None:
                         raise ReferenceVideoError(
@@ -208,11 +209,17 @@ def reference_coefficients(
     finally:
         stop()
     if not rows:
-        raise ReferenceVideoError(f"{field}: {path.name} has no video frames; use a video of at least one frame",
-                                  field=field)
+        raise ReferenceVideoError(
+            f"{field}: {path.name} has no video frames; use a video of at least one frame", field=field
+        )
     if missing:
-        logger.warning("%s: no face in %d of %d frames of %s; used the previous frame's landmarks",
-                       field, missing, len(rows), path.name)
+        logger.warning(
+            "%s: no face in %d of %d frames of %s; used the previous frame's landmarks",
+            field,
+            missing,
+            len(rows),
+            path.name,
+        )
     return ReferenceVideo(path, np.concatenate(rows, axis=0), stream.fps, missing)
 
 

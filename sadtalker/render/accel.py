@@ -43,7 +43,7 @@ R = TypeVar("R")
 def check_precision(precision: str) -> Precision:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision  # type: ignore[return-value]
+    return precision
 
 
 def reduced_dtype(device: torch.device) -> torch.dtype:

@@ -77,8 +77,9 @@ class SpectralNormConv2d(nn.Module):
 class SameBlock2d(nn.Module):
     """conv -> BatchNorm -> (leaky) ReLU, spatial size preserved."""
 
-    def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 3, padding: int = 1,
-                 lrelu: bool = False) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, kernel_size: int = 3, padding: int = 1, lrelu: bool = False
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_features, out_features, kernel_size=kernel_size, padding=padding)
         self.norm = nn.BatchNorm2d(out_features)

@@ -75,8 +75,9 @@ class DenseMotionNetwork(nn.Module):
         """
         return F.relu(self.norm(self.compress(feature_3d)))
 
-    def sparse_motions(self, shape: tuple[int, int, int], kp_source: torch.Tensor,
-                       kp_driving: torch.Tensor) -> torch.Tensor:
+    def sparse_motions(
+        self, shape: tuple[int, int, int], kp_source: torch.Tensor, kp_driving: torch.Tensor
+    ) -> torch.Tensor:
         """(B, K+1, D, H, W, 3): the identity (background) followed by one rigid shift per keypoint."""
         batch = kp_driving.shape[0]
         identity = coordinate_grid_3d(*shape, dtype=kp_driving.dtype, device=kp_driving.device).view(1, 1, *shape, 3)
@@ -95,8 +96,9 @@ class DenseMotionNetwork(nn.Module):
         warped = F.grid_sample(repeated, motions.reshape(batch * n_motion, *shape, 3), align_corners=False)
         return warped.view(batch, n_motion, channels, *shape)
 
-    def heatmap_representation(self, shape: tuple[int, int, int], kp_source: torch.Tensor,
-                               kp_driving: torch.Tensor) -> torch.Tensor:
+    def heatmap_representation(
+        self, shape: tuple[int, int, int], kp_source: torch.Tensor, kp_driving: torch.Tensor
+    ) -> torch.Tensor:
         """(B, K+1, 1, D, H, W): driving-minus-source keypoint Gaussians, with a zero map for the background."""
         heatmap = keypoint_gaussians(kp_driving, shape) - keypoint_gaussians(kp_source, shape)
         background = torch.zeros_like(heatmap[:, :1])

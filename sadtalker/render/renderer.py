@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -98,8 +98,13 @@ def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
 class Renderer:
     """Keypoint detector + mapping net + generator, in eval mode on one device."""
 
-    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareSPADEGenerator, mapping: MappingNet,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        kp_detector: KPDetector,
+        generator: OcclusionAwareSPADEGenerator,
+        mapping: MappingNet,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.kp_detector = kp_detector
         self.generator = generator
@@ -164,8 +169,9 @@ class Renderer:
         return SourceState(image, kp_canonical, pose, kp_source, features)
 
     @torch.inference_mode()
-    def drive(self, source: SourceState, target_semantics: torch.Tensor,
-              pose_override: PoseOverride | None = None) -> DrivingState:
+    def drive(
+        self, source: SourceState, target_semantics: torch.Tensor, pose_override: PoseOverride | None = None
+    ) -> DrivingState:
         """Driving keypoints for a batch of windows ``target_semantics`` (B, C, 27).
 
         ``pose_override`` holds (B,) angles for this batch (see :meth:`PoseOverride.select`).
@@ -174,17 +180,22 @@ class Renderer:
         pose = self.mapping(target_semantics.to(self.device, torch.float32))
         override = pose_override or PoseOverride()
         kp_driving = transform_keypoints(
-            source.kp_canonical, pose,
-            yaw_degrees=override.yaw, pitch_degrees=override.pitch, roll_degrees=override.roll,
+            source.kp_canonical,
+            pose,
+            yaw_degrees=override.yaw,
+            pitch_degrees=override.pitch,
+            roll_degrees=override.roll,
         )
         return DrivingState(pose, kp_driving)
 
-    def _animate_exact(self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor,
-                       kp_driving: torch.Tensor) -> torch.Tensor:
+    def _animate_exact(
+        self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
+    ) -> torch.Tensor:
         return self.generator.animate(SourceFeatures(feature_3d, motion_feature), kp_source, kp_driving)
 
-    def _animate_fast(self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor,
-                      kp_driving: torch.Tensor) -> torch.Tensor:
+    def _animate_fast(
+        self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
+    ) -> torch.Tensor:
         # Reduced precision for the whole per-frame network except the output, which is returned as float32.
         with autocast(self.device, "fast"):
             frames = self._animate_exact(feature_3d, motion_feature, kp_source, kp_driving)
@@ -222,7 +233,8 @@ class Renderer:
 
     def compiled_batch_sizes(self, precision: Precision) -> set[int]:
         compiled = self._compiled.get(precision)
-        return set() if compiled is None else {key[3][0][0] for key in compiled.shapes}
+        # A shape key is (name, shape, ...) per argument; argument 3's shape starts with the batch size.
+        return set() if compiled is None else {cast(Any, key)[3][0][0] for key in compiled.shapes}
 
     @torch.inference_mode()
     def render_frames(self, source: SourceState, driving: DrivingState, precision: Precision = "exact") -> torch.Tensor:
@@ -235,8 +247,7 @@ class Renderer:
             # extra frames, rather than run it eagerly.
             kp_driving = torch.cat([kp_driving, kp_driving[-1:].expand(padded - batch, -1, -1)])
         features = source.features
-        frames = self._animate_fn(precision)(features.feature_3d, features.motion_feature, source.kp_source,
-                                             kp_driving)
+        frames = self._animate_fn(precision)(features.feature_3d, features.motion_feature, source.kp_source, kp_driving)
         return frames[:batch]
 
     # -- whole stage -----------------------------------------------------------------------------------------------
