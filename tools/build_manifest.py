@@ -159,21 +159,9 @@ def _parsenet() -> Any:
 
 
 def _gfpgan() -> Any:
-    from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
+    from sadtalker.compose.enhance import gfpgan_architecture
 
-    # The arguments GFPGANer uses for arch='clean', channel_multiplier=2.
-    return GFPGANv1Clean(
-        out_size=512,
-        num_style_feat=512,
-        channel_multiplier=2,
-        decoder_load_path=None,
-        fix_decoder=False,
-        num_mlp=8,
-        input_is_latent=True,
-        different_w=True,
-        narrow=1,
-        sft_half=True,
-    )
+    return gfpgan_architecture()
 
 
 # layout name -> (architecture factory, Layout fields besides name/tensors)

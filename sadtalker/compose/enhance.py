@@ -389,13 +389,9 @@ class _RestoreHelper(FaceRestoreHelper):
         self.clean_all()
 
 
-def load_gfpgan(path: Path, device: torch.device) -> GFPGANv1Clean:
-    """GFPGANv1Clean as GFPGANer builds it for arch 'clean', from ``params_ema`` (else ``params``)."""
-    checkpoint = read_torch(path)
-    key = "params_ema" if "params_ema" in checkpoint else "params"
-    if key not in checkpoint:
-        raise CheckpointError(f"{path}: expected a 'params_ema' or 'params' entry (GFPGAN checkpoint)")
-    net = GFPGANv1Clean(
+def gfpgan_architecture() -> GFPGANv1Clean:
+    """GFPGANv1Clean with the arguments GFPGANer uses for arch 'clean', channel_multiplier 2 (no weights)."""
+    return GFPGANv1Clean(
         out_size=FACE_SIZE,
         num_style_feat=512,
         channel_multiplier=2,
@@ -407,6 +403,15 @@ def load_gfpgan(path: Path, device: torch.device) -> GFPGANv1Clean:
         narrow=1,
         sft_half=True,
     )
+
+
+def load_gfpgan(path: Path, device: torch.device) -> GFPGANv1Clean:
+    """GFPGANv1Clean as GFPGANer builds it for arch 'clean', from ``params_ema`` (else ``params``)."""
+    checkpoint = read_torch(path)
+    key = "params_ema" if "params_ema" in checkpoint else "params"
+    if key not in checkpoint:
+        raise CheckpointError(f"{path}: expected a 'params_ema' or 'params' entry (GFPGAN checkpoint)")
+    net = gfpgan_architecture()
     load_strict(net, checkpoint[key], f"{path.name}[{key}]")
     return net.to(device).eval()
 
