@@ -2,8 +2,9 @@
 
 Loads RetinaFace from --checkpoints (synthetic weights are fine: the network's cost does not depend on them,
 though random weights report many faces, which adds a little box post-processing), then times the whole check
-(decode from disk, shrink, detect, verdict) with the detector input shrunk to 640 px (what the service does) and,
-alternating in the same process, at the photo's full 1024 px for comparison. Prints min and median; asserts nothing.
+(decode from disk, shrink, detect, verdict) with the detector input shrunk to the service's DETECT_MAX_SIDE and,
+alternating in the same process, to 320/480/640 px and the photo's full 1024 px for comparison. Prints min and
+median wall and CPU time; asserts nothing.
 
     python bench/photo_check.py --checkpoints /work/ckpt [--image portrait.png] [--runs 7]
 """
