@@ -283,10 +283,12 @@ def test_command_line_renders_into_result_dir(
             "--seed",
             "0",
             "--cpu",
+            "--no_compile",
         ]
     )
     assert code == 0
-    assert loads == [(synthetic_checkpoints, "cpu", {"sizes": (256,), "enhancer": False, "face_detection": False})]
+    expected = {"sizes": (256,), "enhancer": False, "face_detection": False, "precision": "exact", "compile": False}
+    assert loads == [(synthetic_checkpoints, "cpu", expected)]
     output = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert output.parent == tmp_path / "results" and is_output_name(output.name)
     assert probe_video(output)["frames"] == 2
