@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from test_serving_validation import make_config, write_png, write_wav
 
+from serving.config import ServingConfig
 from serving.metrics import JobMetrics
 from serving.runtime import Runtime
 from serving.schema import GenerateRequest
@@ -24,9 +25,8 @@ def spooled(root: Path, name: str) -> tuple[Path, Path]:
     return write_png(root / name / "source_image.png"), write_wav(root / name / "driven_audio.wav")
 
 
-def test_spool_jobs_run_and_their_files_go_whatever_the_outcome(tmp_path: Path) -> None:
-    config = make_config(tmp_path, allow_cpu=True)
-    root = spool_root(config)
+def web_runtime(config: ServingConfig) -> tuple[WebContext, Runtime]:
+    """What the service builds: the upload context and a runtime (fake pipeline) whose worker is not started."""
     web = WebContext.create(config, WebSettings())
     runtime = Runtime.start(
         config,
@@ -37,6 +37,13 @@ def test_spool_jobs_run_and_their_files_go_whatever_the_outcome(tmp_path: Path) 
         start_worker=False,
         cuda_available=lambda: False,
     )
+    return web, runtime
+
+
+def test_spool_jobs_run_and_their_files_go_whatever_the_outcome(tmp_path: Path) -> None:
+    config = make_config(tmp_path, allow_cpu=True)
+    root = spool_root(config)
+    web, runtime = web_runtime(config)
     ok_image, ok_audio = spooled(root, "ok")
     bad_image, bad_audio = spooled(root, "bad")
     shutil.move(bad_image, bad_image.with_name("fail.png"))  # the fake fails on "fail" in the file name
@@ -63,16 +70,7 @@ def test_requeued_jobs_keep_their_upload_and_only_jobs_that_end_release_it(tmp_p
     interrupted too often is failed by recovery and its files go; a job that another worker owns is left alone."""
     config = make_config(tmp_path, allow_cpu=True, max_attempts=2)
     root = spool_root(config)
-    web = WebContext.create(config, WebSettings())
-    runtime = Runtime.start(
-        config,
-        pipeline=FakePipeline(render_seconds=0.0),
-        metrics=JobMetrics.create(CollectorRegistry()),
-        validator=web.validator(),
-        extra_input_roots=web.extra_input_roots,
-        start_worker=False,
-        cuda_available=lambda: False,
-    )
+    web, runtime = web_runtime(config)
     web.attach(runtime)
     store, worker = runtime.store, runtime.worker
     submitted = {}
