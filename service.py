@@ -51,7 +51,7 @@ from serving.http_limits import RequestLimits
 from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.runtime import Runtime, StartupError, configure_logging, preflight
 from serving.schema import INPUT_FILE_FIELDS, GenerateRequest, JobStatus, RequestId, SystemInfo
-from serving.store import StoreFull
+from serving.store import StoreFull, StoreUnavailable
 from serving.uploads import is_spool_path
 from serving.validation import RequestInvalid
 
@@ -170,11 +170,16 @@ class SadTalkerService:
             return self.runtime.jobs.status(request_id=request_id, job_id=job_id)
         except JobNotFound as exc:
             return _reject(ctx, 404, {"error": str(exc)})
+        except StoreUnavailable as exc:
+            return _reject(ctx, 503, {"error": str(exc)}, {"Retry-After": "30"})
 
     @bentoml.api
-    def jobs(self, limit: Annotated[int, Field(ge=1, le=500)] = 20) -> list[JobStatus]:
+    def jobs(self, limit: Annotated[int, Field(ge=1, le=500)] = 20, *, ctx: bentoml.Context) -> list[JobStatus]:
         """The most recent jobs, newest first."""
-        return self.runtime.jobs.recent(limit)
+        try:
+            return self.runtime.jobs.recent(limit)
+        except StoreUnavailable as exc:
+            return _reject(ctx, 503, {"error": str(exc)}, {"Retry-After": "30"})
 
     @bentoml.api
     def system_info(self) -> SystemInfo:

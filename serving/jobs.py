@@ -13,21 +13,25 @@ image or audio) -> 409 naming the failure. Other inputs -> 409.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from serving.config import ServingConfig
 from serving.metrics import JobMetrics
 from serving.naming import allocate_output_path
-from serving.schema import GenerateRequest, JobStatus
+from serving.schema import GenerateRequest, JobRequest, JobStatus
 from serving.store import (
+    DuplicateOutputPath,
     DuplicateRequestId,
     JobRecord,
     JobState,
     JobStore,
     QueueAtCapacity,
     StoreFull,
+    StoreUnavailable,
     is_disk_full,
     is_store_unreachable,
 )
@@ -38,6 +42,8 @@ log = logging.getLogger("sadtalker.serving.jobs")
 
 DEFAULT_RETRY_AFTER = 30
 MAX_RETRY_AFTER = 3600
+# Output names drawn per submission when concurrent servers keep taking the one just drawn (never in practice).
+OUTPUT_NAME_ATTEMPTS = 5
 
 
 class QueueFull(Exception):
@@ -108,10 +114,8 @@ class JobService:
             if existing is not None:
                 return self._resubmission(existing, fingerprint_of(request))
         job_request = validator.validate(request)
-        output = allocate_output_path(self._config.output_dir, is_reserved=self._store.is_output_reserved)
         try:
-            # The store counts and inserts in one atomic step, for every server on it: the bound is global.
-            job = self._store.insert(job_request, output, max_queue=self._config.max_queue)
+            job = self._insert(job_request)
         except QueueAtCapacity as exc:
             raise QueueFull(exc.depth, self.retry_after()) from None
         except DuplicateRequestId:
@@ -131,6 +135,18 @@ class JobService:
             str(job.output_path),
         )
         return Submission(job=job, duplicate=False)
+
+    def _insert(self, job_request: JobRequest) -> JobRecord:
+        """Insert with a fresh output name; a name another server took between our check and our insert (its
+        UNIQUE constraint refuses the second) is replaced by a new one, a bounded number of times."""
+        for attempt in range(1, OUTPUT_NAME_ATTEMPTS + 1):
+            output = allocate_output_path(self._config.output_dir, is_reserved=self._store.is_output_reserved)
+            try:
+                # The store counts and inserts in one atomic step, for every server on it: the bound is global.
+                return self._store.insert(job_request, output, max_queue=self._config.max_queue)
+            except DuplicateOutputPath:
+                log.warning("output name %r was taken concurrently (try %d): picking another", output.name, attempt)
+        raise RuntimeError(f"no free output name in {self._config.output_dir} after {OUTPUT_NAME_ATTEMPTS} tries")
 
     def _queued(self, job: JobRecord) -> None:
         self._metrics.accepted.labels(preset=job.request.preset).inc()
@@ -179,6 +195,10 @@ class JobService:
         """One job by the client's request_id OR by the server's job id (two namespaces, never mixed)."""
         if (request_id is None) == (job_id is None):
             raise ValueError("give exactly one of request_id and job_id")
+        with _reading_store("a job's status"):
+            return self._status(request_id, job_id)
+
+    def _status(self, request_id: str | None, job_id: str | None) -> JobStatus:
         if request_id is not None:
             record = self._store.get_by_request_id(request_id)
             if record is None:
@@ -190,7 +210,8 @@ class JobService:
         return self.to_status(record)
 
     def recent(self, limit: int) -> list[JobStatus]:
-        return [self.to_status(record) for record in self._store.recent(limit)]
+        with _reading_store("the recent jobs"):
+            return [self.to_status(record) for record in self._store.recent(limit)]
 
     def to_status(self, record: JobRecord) -> JobStatus:
         position = self._store.queue_position(record.id) if record.state is JobState.QUEUED else None
@@ -221,3 +242,15 @@ class JobService:
             queued_seconds=queued_seconds,
             render_seconds=render_seconds,
         )
+
+
+@contextlib.contextmanager
+def _reading_store(what: str) -> Iterator[None]:
+    """A read of the job database that cannot reach it becomes StoreUnavailable (503), not a bare 500."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_store_unreachable(exc):
+            raise
+        log.error("cannot read %s: the job database cannot be reached (%s)", what, exc)
+        raise StoreUnavailable(f"the service cannot reach its job database ({exc}); retry later") from exc

@@ -136,6 +136,10 @@ class StoreFull(RuntimeError):
     (HTTP 503 on /generate)."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The job database cannot be read right now (PostgreSQL unreachable): HTTP 503 on /status, /jobs, /video."""
+
+
 @dataclass(frozen=True)
 class JobRecord:
     id: str
@@ -197,6 +201,14 @@ class QueueAtCapacity(Exception):
     def __init__(self, depth: int) -> None:
         super().__init__(f"{depth} jobs queued")
         self.depth = depth
+
+
+class DuplicateOutputPath(Exception):
+    """`insert` found the output path taken: another server allocated the same name between its check and ours."""
+
+    def __init__(self, output_path: Path) -> None:
+        super().__init__(f"output path {str(output_path)!r} already belongs to a job")
+        self.output_path = output_path
 
 
 class DuplicateRequestId(Exception):
@@ -274,7 +286,8 @@ class JobStore(abc.ABC):
     def insert(self, request: JobRequest, output_path: Path, *, max_queue: int | None = None) -> JobRecord:
         """Record an accepted job as `queued`, committed before returning.
 
-        Raises DuplicateRequestId (request_id taken), QueueAtCapacity (``max_queue`` jobs already queued; the
+        Raises DuplicateRequestId (request_id taken), DuplicateOutputPath (the name was taken by a concurrent
+        insert; the caller picks another), QueueAtCapacity (``max_queue`` jobs already queued; the
         count and the insert are one atomic step for every process on the store).
         """
 
@@ -454,6 +467,8 @@ class SqliteJobStore(JobStore):
         except sqlite3.IntegrityError as exc:
             if request.request_id is not None and "request_id" in str(exc):
                 raise DuplicateRequestId(request.request_id) from exc
+            if "output_path" in str(exc):
+                raise DuplicateOutputPath(output_path) from exc
             raise
         return self._must(job_id)
 

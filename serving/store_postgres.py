@@ -41,6 +41,7 @@ from psycopg.types.json import Jsonb
 from serving.schema import JobRequest
 from serving.store import (
     WORKER_FORGET_SECONDS,
+    DuplicateOutputPath,
     DuplicateRequestId,
     JobRecord,
     JobState,
@@ -292,8 +293,11 @@ class PostgresJobStore(JobStore):
                     ),
                 )
         except errors.UniqueViolation as exc:
-            if request.request_id is not None and "request_id" in (exc.diag.constraint_name or ""):
+            constraint = exc.diag.constraint_name or ""
+            if request.request_id is not None and "request_id" in constraint:
                 raise DuplicateRequestId(request.request_id) from exc
+            if "output_path" in constraint:
+                raise DuplicateOutputPath(output_path) from exc
             raise
         record = self.get(job_id)
         assert record is not None

@@ -235,6 +235,7 @@ def create_app(context: Callable[[], WebContext]) -> Starlette:
 
     async def video(request: Request) -> Response:
         from serving.jobs import JobNotFound
+        from serving.store import StoreUnavailable
 
         # Like /status: ?request_id= (the client's key) OR ?job_id= (X-SadTalker-Job-Id), two separate namespaces.
         keys = {name: request.query_params.get(name, "").strip() for name in ("request_id", "job_id")}
@@ -248,6 +249,8 @@ def create_app(context: Callable[[], WebContext]) -> Starlette:
             status = await run_in_threadpool(web.runtime.jobs.status, **given)
         except JobNotFound as exc:
             return _error(404, str(exc), next(iter(given)))
+        except StoreUnavailable as exc:
+            return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "30"})
         summary = {
             "request_id": status.request_id,
             "job_id": status.job_id,

@@ -316,3 +316,57 @@ def test_corrupt_database_fails_preflight_in_one_line(tmp_path: Path) -> None:
         preflight(config, cuda_available=lambda: False)
     message = str(info.value)
     assert "\n" not in message and str(config.database_path) in message and "move" in message
+
+
+def test_output_name_taken_by_another_server_between_check_and_insert_is_redrawn(
+    config: ServingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one database can draw the same name in the same second: the loser draws again (no 500)."""
+    import serving.jobs
+
+    runtime = start(config)
+    taken = runtime.jobs.submit(req(config)).job.output_path
+    # The other server inserted `taken` after our reservation check: the check says free, the insert refuses.
+    monkeypatch.setattr(runtime.store, "is_output_reserved", lambda _path: False)
+    draws = iter([taken, taken, config.output_dir / "20260101-000000_0000abcd.mp4"])
+    monkeypatch.setattr(serving.jobs, "allocate_output_path", lambda *_args, **_kwargs: next(draws))
+    job = runtime.jobs.submit(req(config)).job
+    assert job.output_path == config.output_dir / "20260101-000000_0000abcd.mp4"
+    assert runtime.store.count(JobState.QUEUED) == 2
+    # Never more than OUTPUT_NAME_ATTEMPTS draws: a store that refuses every name ends in one clear error.
+    monkeypatch.setattr(serving.jobs, "allocate_output_path", lambda *_args, **_kwargs: taken)
+    with pytest.raises(RuntimeError, match="no free output name"):
+        runtime.jobs.submit(req(config))
+    assert runtime.store.count(JobState.QUEUED) == 2
+
+
+def test_status_and_recent_while_postgres_is_unreachable_are_store_unavailable(
+    config: ServingConfig, postgres_url: str
+) -> None:
+    """A dropped database session makes /status, /jobs and /video answer 503 (StoreUnavailable), not a bare 500;
+    the next read reconnects."""
+    import psycopg
+
+    from serving.store import StoreUnavailable
+
+    runtime = start(dataclasses.replace(config, database_url=postgres_url))
+    job = runtime.jobs.submit(req(config, request_id="pg-down")).job
+
+    def drop_sessions() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+
+    drop_sessions()
+    with pytest.raises(StoreUnavailable, match="cannot reach its job database"):
+        runtime.jobs.status(request_id="pg-down")
+    assert runtime.jobs.status(job_id=job.id).request_id == "pg-down"  # reconnected
+    drop_sessions()
+    with pytest.raises(StoreUnavailable, match="retry later"):
+        runtime.jobs.recent(5)
+    assert [status.job_id for status in runtime.jobs.recent(5)] == [job.id]
+    # A job-store error that is not about reaching the database stays what it is.
+    with pytest.raises(JobNotFound):
+        runtime.jobs.status(request_id="never-submitted")

@@ -18,6 +18,7 @@ import pytest
 from serving.schema import JobRequest
 from serving.store import (
     SCHEMA_VERSION,
+    DuplicateOutputPath,
     DuplicateRequestId,
     JobState,
     JobStore,
@@ -224,8 +225,9 @@ def test_output_path_is_reserved(tmp_path: Path, open_job_store: OpenStore) -> N
     job = store.insert(request(tmp_path, 1), output(tmp_path, 1))
     assert store.is_output_reserved(job.output_path)
     assert not store.is_output_reserved(tmp_path / "other.mp4")
-    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation), match="output_path"):
+    with pytest.raises(DuplicateOutputPath, match="already belongs to a job") as taken:
         store.insert(request(tmp_path, 2), job.output_path)
+    assert taken.value.output_path == job.output_path
     assert store.count(JobState.QUEUED) == 1
 
 
