@@ -43,6 +43,7 @@ class FakePipeline:
     ticks: int = 10
     calls_log: Path | None = None
     on_tick: Callable[[int], None] | None = None  # test hook, called before each progress report
+    scratch_frames: bool = True  # write a file per tick into the job's temp dir, as a real render's scratch
     calls: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -70,7 +71,7 @@ class FakePipeline:
         if self.calls_log is not None:
             with open(self.calls_log, "a") as log:
                 log.write(f"{os.getpid()} {output_path.name}\n")
-        scratch = Path(temp_dir) if temp_dir is not None else None
+        scratch = Path(temp_dir) if temp_dir is not None and self.scratch_frames else None
         if scratch is not None:
             (scratch / "frames").mkdir(parents=True, exist_ok=True)
         name = Path(source_image).name
@@ -105,4 +106,5 @@ def create(checkpoint_dir: Path, device: str, **_pipeline_options: Any) -> FakeP
         render_seconds=float(os.environ.get("SADTALKER_FAKE_RENDER_SECONDS", "0.2")),
         ticks=int(os.environ.get("SADTALKER_FAKE_TICKS", "10")),
         calls_log=Path(calls_log) if calls_log else None,
+        scratch_frames=os.environ.get("SADTALKER_FAKE_SCRATCH", "1") == "1",
     )
