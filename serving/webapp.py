@@ -16,7 +16,7 @@ Why plain Starlette routes and not BentoML `@bentoml.api` with `Path` inputs: Be
 whole into memory and copies it to a temp directory before the API function runs, so a cap could only be
 checked after the fact; here the body is parsed as it arrives and refused at the cap (see serving/uploads.py).
 Why a static page and not a mounted Gradio app: Gradio is a large dependency tree (and fetches fonts and
-front-end assets from the internet by default) for one form; the page is ~370 lines on the JSON API, needs no
+front-end assets from the internet by default) for one form; the page is ~450 lines on the JSON API, needs no
 new package, and works on an offline deploy server.
 """
 

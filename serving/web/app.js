@@ -66,6 +66,8 @@ function clearErrors() {
 function showError(field, message) {
   const node = $("error-" + field) || $("error-form");
   node.textContent = message;
+  const section = node.closest("details");  // an error inside the collapsed motion controls opens them
+  if (section) section.open = true;
 }
 
 // -- picking files ---------------------------------------------------------------------------------------------
@@ -129,6 +131,43 @@ wireDrop("audio-drop", "driven_audio", (file) => {
   $("error-driven_audio").textContent = "";
 });
 
+// -- motion controls (optional; only the filled ones are sent) ----------------------------------------------------
+
+const REFERENCE_VIDEOS = ["ref_eyeblink", "ref_pose"];
+const ANGLE_FIELDS = ["input_yaw", "input_pitch", "input_roll"];
+
+// "-20, 20" -> [-20, 20]; null when empty. The server checks count and range (±180°) and names the field.
+function parseAngles(text) {
+  const parts = text.split(/[\s,]+/).filter(Boolean);
+  if (!parts.length) return null;
+  return parts.map((part) => {
+    const value = Number(part);
+    if (!Number.isFinite(value)) throw new Error(`"${part}" is not a number of degrees; write e.g. -20, 20`);
+    return value;
+  });
+}
+
+// {field: JSON text} for the filled angle fields, or null after showing an error next to each bad one.
+function angleFields() {
+  const fields = {};
+  let ok = true;
+  for (const name of ANGLE_FIELDS) {
+    try {
+      const angles = parseAngles($(name).value);
+      if (angles) fields[name] = JSON.stringify(angles);
+    } catch (error) {
+      showError(name, error.message);
+      ok = false;
+    }
+  }
+  return ok ? fields : null;
+}
+
+for (const name of [...REFERENCE_VIDEOS, ...ANGLE_FIELDS]) {
+  const input = $(name);
+  input.addEventListener(input.type === "file" ? "change" : "input", () => { $("error-" + name).textContent = ""; });
+}
+
 // -- submitting and following a job ----------------------------------------------------------------------------
 
 function newRequestId() {
@@ -144,13 +183,19 @@ $("generate-form").addEventListener("submit", async (event) => {
   const audio = $("driven_audio").files[0];
   if (!image) showError("source_image", "Pick a portrait photo.");
   if (!audio) showError("driven_audio", "Pick a speech recording.");
-  if (!image || !audio) return;
+  const angles = angleFields();
+  if (!image || !audio || !angles) return;
   const requestId = newRequestId();
   const form = new FormData();
   form.append("option", document.querySelector("input[name=option]:checked").value);
   form.append("request_id", requestId);
   form.append("source_image", image, image.name);
   form.append("driven_audio", audio, audio.name);
+  for (const name of REFERENCE_VIDEOS) {
+    const video = $(name).files[0];
+    if (video) form.append(name, video, video.name);
+  }
+  for (const [name, text] of Object.entries(angles)) form.append(name, text);
   $("submit").disabled = true;
   try {
     const response = await api("/generate_upload", { method: "POST", body: form });
