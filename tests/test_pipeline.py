@@ -304,8 +304,8 @@ def test_stop_requested_after_the_first_frame_ends_generate_within_one_frame(
     talker: SadTalker, reference_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stop (the progress callback raising) requested once the first frame is written interrupts the render,
-    the enhancer and the encoder within one frame: at most one more frame rendered, at most one more face
-    restored, no file left."""
+    the enhancer and the encoder within one frame: at most one more unit of work (a frame rendered, or a face
+    detected or restored) begins after the request, and no file is left."""
     image, landmarks, wav = case_inputs(reference_dir, CROP_CASE)
     audio = short_wav(wav, tmp_path / "speech.wav", frames=5)
     out, work = tmp_path / "out", tmp_path / "work"
@@ -352,7 +352,10 @@ def test_stop_requested_after_the_first_frame_ends_generate_within_one_frame(
             image, audio, out / "clip.mp4", options=options, landmarks=landmarks, temp_dir=work, progress=progress
         )
     assert stop.is_set() and reports[-1].frames_total == 5
-    assert after_stop["rendered"] <= 1 and after_stop["aligned"] <= 1 and after_stop["restored"] <= 1
+    print(f"units of work begun after the stop: {after_stop}; done in all: {done}")
+    # Every unit (a frame's render, a frame's face detection, a face's GFPGAN pass) is preceded by a stop check:
+    # only one begun between the last check and the stop request can run; the next check raises.
+    assert sum(after_stop.values()) <= 1
     assert done["rendered"] <= 2  # of 5
     assert list(out.iterdir()) == []
     assert leftovers(work) == []
