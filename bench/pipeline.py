@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             output,
             options=options,
             landmarks=landmarks,
-            progress=lambda stage, _fraction: marks.append((stage, time.perf_counter())),
+            progress=lambda report: marks.append((report.stage, time.perf_counter())),
         )
         total = time.perf_counter() - begin
         frames = probe_video(output)["frames"]

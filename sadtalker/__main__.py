@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sadtalker.contracts import PREPROCESS_MODES, check_landmarks
+from sadtalker.contracts import PREPROCESS_MODES, ProgressReport, check_landmarks
 from sadtalker.errors import SadTalkerError
 from sadtalker.options import GenerateOptions
 
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         output = allocate_output_path(result_dir)
         with tqdm(total=100, unit="%", desc="generate") as bar:
 
-            def progress(stage: str, fraction: float) -> None:
-                bar.set_description(stage)
-                bar.update(round(fraction * 100) - bar.n)
+            def progress(report: ProgressReport) -> None:
+                bar.set_description(report.stage)
+                bar.update(round(report.fraction * 100) - bar.n)
 
             talker.generate(
                 args.source_image,

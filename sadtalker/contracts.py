@@ -6,6 +6,7 @@ Light on purpose (numpy only): the service's API process imports it without load
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -28,8 +29,32 @@ PREPROCESS_MODES: tuple[str, ...] = get_args(Preprocess)
 
 LANDMARK_COUNT = 68
 
-ProgressCallback = Callable[[str, float], None]
-"""Called as ``progress(stage, fraction_of_whole_job)``; stage names are ``sadtalker.pipeline.STAGES``."""
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """Where a render is: what the pipeline hands its progress callback."""
+
+    stage: str
+    """One of ``sadtalker.pipeline.STAGES``."""
+    fraction: float
+    """Share of the whole job done, 0..1, never decreasing."""
+    frames_written: int = 0
+    """Frames handed to the encoder so far (cumulative: counted when the encoder's write returned)."""
+    frames_total: int | None = None
+    """Frames the video will have; None until the render stage knows it."""
+
+
+ProgressCallback = Callable[[ProgressReport], None]
+"""Called as ``progress(report)`` between frames of the render (and between faces of the enhancer); raising from
+it stops the render there, and the exception propagates out of ``generate`` with no partial output left.
+
+The same report may come again (a stop check with nothing new to say). Calls come from the thread running
+``generate`` and from the encoder's thread, but never at the same time (the pipeline serialises them).
+"""
+
+StopCheck = Callable[[], None]
+"""A callable a long stage (the enhancer) calls between units of work (faces); it raises to stop the stage."""
 
 
 def coeff_count(preprocess: str) -> int:

@@ -7,6 +7,10 @@ Data flow (one module per stage): media (decode inputs) -> face (crop, align, 3D
 -> motion (expression, pose, blink) -> render (keypoints, warping, generator) -> compose (paste-back,
 enhancer) -> video (encode + mux).  Rendering, composing and encoding run chunk by chunk, so memory does not
 grow with the audio length.
+
+Stopping: the progress callback is called between frames (after each render batch, before each next one, between
+the enhancer's faces, and as the encoder writes each batch); raising from it stops the job there, within one
+frame's (or one face's) time, leaving no partial file (``sadtalker.contracts.ProgressCallback``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import itertools
 import logging
 import random
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +30,16 @@ import torch
 
 from sadtalker.audio import AudioFeatures, compute_audio_features
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
-from sadtalker.contracts import CROP_COEFFS, FPS, FULL_COEFFS, SAMPLES_PER_FRAME, ProgressCallback, check_landmarks
+from sadtalker.contracts import (
+    CROP_COEFFS,
+    FPS,
+    FULL_COEFFS,
+    SAMPLES_PER_FRAME,
+    ProgressCallback,
+    ProgressReport,
+    StopCheck,
+    check_landmarks,
+)
 from sadtalker.errors import InputError
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.reference import ReferenceVideo, reference_coefficients
@@ -55,9 +69,21 @@ _STAGE_START = dict(zip(STAGES, itertools.accumulate(STAGES.values(), initial=0.
 
 @dataclass
 class _Progress:
+    """One job's progress reports; also its stop checks (the callback raises to stop the job).
+
+    Called from the rendering thread (stages, stop checks) and the encoder's thread (frames written): the lock
+    makes the callback see one call at a time, and the frame count and its report change together.
+    """
+
     callback: ProgressCallback | None
     current: str | None = None
     since: float = 0.0
+    frames_written: int = 0
+    frames_total: int | None = None
+    last: ProgressReport | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
 
     def stage(self, name: str, within: float = 0.0) -> None:
         """Report ``within`` (0..1) of stage ``name`` done, as a fraction of the whole job; log stage changes."""
@@ -66,9 +92,31 @@ class _Progress:
             if self.current is not None:
                 logger.info("stage %s done in %.2f s", self.current, now - self.since)
             self.current, self.since = name, now
-        if self.callback is not None:
-            done = _STAGE_START[name] + STAGES[name] * min(max(within, 0.0), 1.0)
-            self.callback(name, round(done, 4))
+        with self._lock:
+            self._send(name, within)
+
+    def render_started(self, frames_total: int) -> None:
+        self.frames_total = frames_total
+        self.stage("render", 0.0)
+
+    def written(self, count: int) -> None:
+        """``count`` more frames were written to the encoder (called on the encoder's thread)."""
+        with self._lock:
+            self.frames_written += count
+            self._send("render", self.frames_written / (self.frames_total or self.frames_written))
+
+    def check(self) -> None:
+        """A stop check between frames or faces: the last report again (the callback raises to stop)."""
+        with self._lock:
+            if self.callback is not None and self.last is not None:
+                self.callback(self.last)
+
+    def _send(self, name: str, within: float) -> None:
+        if self.callback is None:
+            return
+        done = _STAGE_START[name] + STAGES[name] * min(max(within, 0.0), 1.0)
+        self.last = ProgressReport(name, round(done, 4), self.frames_written, self.frames_total)
+        self.callback(self.last)
 
 
 def resolve_options(
@@ -333,8 +381,12 @@ class SadTalker:
         face: SourceFace,
         options: GenerateOptions,
         generator: torch.Generator | None = None,
+        check: StopCheck | None = None,
     ) -> np.ndarray:
-        """Rendered crops -> output frames: aspect resize, paste into the photo (full), then enhance."""
+        """Rendered crops -> output frames: aspect resize, paste into the photo (full), then enhance.
+
+        ``check`` is called between frames and between the enhancer's faces; it raises to stop.
+        """
         out = aspect_resize(frames, face.crop.crop_info_size_wh)
         if options.pastes_back:  # full, extfull (the border box)
             box = PasteBox(*face.crop.paste_box_xyxy)
@@ -342,7 +394,7 @@ class SadTalker:
         if options.enhancer == "gfpgan":
             if self.enhancer is None:
                 raise InputError("the gfpgan enhancer is not loaded on this instance", field="enhancer")
-            out = self.enhancer.enhance(out, generator=generator, precision=self.job_precision(options))
+            out = self.enhancer.enhance(out, generator=generator, precision=self.job_precision(options), check=check)
         return out
 
     # -- whole job ----------------------------------------------------------------------------------------------
@@ -373,6 +425,9 @@ class SadTalker:
         ``ref_eyeblink`` ... ``input_roll``: the motion controls of `GenerateOptions` given by keyword (how the
         service's request passes them); each one given replaces that field of ``options`` / the preset.
 
+        ``progress`` gets a `ProgressReport` at each stage and between frames (see
+        `sadtalker.contracts.ProgressCallback`); whatever it raises stops the render there and propagates.
+
         Raises ``InputError`` subclasses (with ``.field``) for unusable inputs and ``RenderError`` when
         encoding fails; no partial output file is left behind either way.
         """
@@ -401,18 +456,24 @@ class SadTalker:
             semantics = RenderSemantics(semantics.source, semantics.target[: options.max_frames])
             if angles is not None:
                 angles = angles.select(slice(0, options.max_frames), torch.device("cpu"))
-        tracker.stage("render", 0.0)
         total = semantics.num_frames
+        tracker.render_started(total)
         logger.info("rendering %d frames (%.2f s of audio) %s seed=%d", total, total / FPS, options, seed)
         enhancer_noise = torch.Generator().manual_seed(seed)  # GFPGAN's decoder noise, as the original draws it
-        written = 0
         with VideoWriter(output_path, audio=features.wav, num_frames=total, fps=FPS, temp_dir=temp_dir) as writer:
+
+            def encode(frames: np.ndarray) -> None:
+                writer.write(frames)
+                tracker.written(len(frames))  # counted once ffmpeg took them
+
             # The encoder is fed from a background thread: the next batch renders while ffmpeg takes this one.
-            with BackgroundFeeder(writer.write, name="encoder") as encoder:
+            with BackgroundFeeder(encode, name="encoder") as encoder:
                 for frames in self.render_frames(face, semantics, options, angles):
-                    encoder.put(self.compose(frames, image, face, options, enhancer_noise))
-                    written += len(frames)
-                    tracker.stage("render", written / total)
+                    tracker.check()  # a stop requested while this batch rendered
+                    encoder.put(self.compose(frames, image, face, options, enhancer_noise, check=tracker.check))
+                    tracker.check()  # ... or while it was composed: before the next batch renders
         logger.info("stage render done in %.2f s", time.perf_counter() - tracker.since)
-        logger.info("wrote %s (%d frames) in %.1f s", output_path, written, time.perf_counter() - started)
+        logger.info(
+            "wrote %s (%d frames) in %.1f s", output_path, tracker.frames_written, time.perf_counter() - started
+        )
         return output_path

@@ -104,6 +104,11 @@ class JobMetrics:
                 )
             ),
             frames_rendered=by_worker(
-                prom.Counter("frames_rendered", "Video frames rendered", ["preset", "worker"], **common)
+                prom.Counter(
+                    "frames_rendered",
+                    "Video frames written to the encoder, counted as written (failed renders count theirs too)",
+                    ["preset", "worker"],
+                    **common,
+                )
             ),
         )

@@ -31,7 +31,8 @@ class Pipeline(Protocol):
         temp_dir: Path | None = None,
         **request: Any,
     ) -> Path:
-        """Render; write ``output_path`` atomically; report ``progress(stage, fraction 0..1)``.
+        """Render; write ``output_path`` atomically; call ``progress(ProgressReport)`` at each stage and between
+        frames, counting the frames written (it raises to stop the render: shutdown, lost lease).
 
         ``request``: every other field of `serving.schema.JobRequest` (``preset``, ``landmarks``, ...) by name.
         """

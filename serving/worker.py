@@ -18,9 +18,13 @@ is read.
 
 Shutdown is cooperative. `stop(grace)` stops taking new jobs and waits up to `grace` seconds for the
 running one; after that it raises `JobInterrupted` from inside the pipeline's next progress callback,
-which unwinds the render, and the job goes back to `queued` without counting as an attempt. If the render
-does not reach a progress callback within `ABORT_WAIT_SECONDS`, `stop` requeues the job itself (the render
-thread is a daemon and dies with the process), so a graceful restart never counts as a crash.
+which unwinds the render, and the job goes back to `queued` without counting as an attempt. The real
+pipeline calls back between frames and between the enhancer's faces, so this takes one frame's time. If a
+render does not reach a progress callback within `ABORT_WAIT_SECONDS` anyway, `stop` requeues the job itself
+(the render thread is a daemon and dies with the process), so a graceful restart never counts as a crash.
+
+`sadtalker_frames_rendered_total` counts the frames the pipeline reports written (`ProgressReport.frames_written`)
+as the reports arrive: a render that fails or is interrupted counts exactly the frames it wrote.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from sadtalker.contracts import FPS
+from sadtalker.contracts import ProgressReport
 from sadtalker.errors import InputError
 from serving.joblog import job_context
 from serving.metrics import JobMetrics
@@ -51,7 +55,7 @@ from serving.store import JobRecord, JobState, JobStore, RecoveryReport
 
 log = logging.getLogger("sadtalker.serving.worker")
 
-# How long `stop` waits for an aborted render to unwind after the grace period (one progress tick).
+# How long `stop` waits for an aborted render to unwind after the grace period (a frame, or one GFPGAN face).
 ABORT_WAIT_SECONDS = 10.0
 # The store is written at most this often for progress alone (stage changes are always written).
 PROGRESS_WRITE_INTERVAL = 1.0
@@ -154,7 +158,8 @@ def snapshot_input(field: str, path: Path, roots: Sequence[Path], into: Path) ->
 
 @dataclass
 class _ProgressTracker:
-    """The `progress(stage, fraction)` callback given to the pipeline for one job."""
+    """The `progress(report)` callback given to the pipeline for one job: records progress, counts the frames
+    written, and stops the render (by raising) at shutdown or when the lease was lost."""
 
     store: JobStore
     metrics: JobMetrics
@@ -163,19 +168,27 @@ class _ProgressTracker:
     abort: threading.Event
     lease_lost: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
+    preset: str = "crop"
     stage: str | None = None
     stage_started: float = 0.0
     written_percent: float = 0.0
     last_write: float = field(default=float("-inf"))
+    frames_counted: int = 0
 
-    def __call__(self, stage: str, fraction: float) -> None:
+    def __call__(self, report: ProgressReport) -> None:
+        # Frames first: they were written whatever happens next (a failed or interrupted render counts them too).
+        new_frames = report.frames_written - self.frames_counted
+        if new_frames > 0:
+            self.metrics.frames_rendered.labels(preset=self.preset).inc(new_frames)
+            self.frames_counted = report.frames_written
         if self.abort.is_set():
             raise JobInterrupted("service is shutting down")
         if self.lease_lost.is_set():
             raise LeaseLost("this worker's lease on the job expired and the job was taken back")
+        stage = report.stage
         now = self.clock()
         # The contract: a fraction of the whole job in [0, 1].
-        percent = min(max(float(fraction), 0.0), 1.0) * 100.0
+        percent = min(max(float(report.fraction), 0.0), 1.0) * 100.0
         changed = stage != self.stage
         if changed:
             self._close_stage(now)
@@ -449,10 +462,17 @@ class RenderWorker:
         shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir(parents=True)
         lost = threading.Event()
-        tracker = _ProgressTracker(
-            self._store, self._metrics, job.id, self.owner, self._abort, lease_lost=lost, clock=self._clock
-        )
         request = job.request
+        tracker = _ProgressTracker(
+            self._store,
+            self._metrics,
+            job.id,
+            self.owner,
+            self._abort,
+            lease_lost=lost,
+            clock=self._clock,
+            preset=request.preset,
+        )
         started = self._clock()
         log.info("rendering %s -> %r (attempt %d)", _describe(request), str(job.output_path), job.attempts)
         try:
@@ -519,9 +539,6 @@ class RenderWorker:
             )
         if not job.output_path.is_file():
             raise RuntimeError(f"the pipeline returned {written} but {job.output_path} does not exist")
-        if request.audio_seconds is not None:
-            # SadTalker renders one frame per 40 ms of audio; counted only for a video actually written.
-            self._metrics.frames_rendered.labels(preset=request.preset).inc(int(request.audio_seconds * FPS))
 
     def _final_write(self, job: JobRecord, what: str, write: Callable[[], bool]) -> bool:
         """The job's last write, retried; if it never lands the lease expires and the job is rendered again.

@@ -95,5 +95,9 @@ def create(checkpoint_dir: Path, device: str, **options: Any) -> VideoFakePipeli
     """Factory for SADTALKER_PIPELINE_FACTORY; the same tunables (environment) as `tests.fakes.create`."""
     base = create_fake(checkpoint_dir, device, **options)
     return VideoFakePipeline(
-        device=base.device, render_seconds=base.render_seconds, ticks=base.ticks, calls_log=base.calls_log
+        device=base.device,
+        render_seconds=base.render_seconds,
+        ticks=base.ticks,
+        frames=base.frames,
+        calls_log=base.calls_log,
     )

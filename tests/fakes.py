@@ -3,12 +3,14 @@
 Select it for a `bentoml serve` started from the repository root with
 `SADTALKER_PIPELINE_FACTORY=tests.fakes:create` to exercise the HTTP contract, queue, restart and shutdown
 behaviour without real models. It honours the pipeline's contract: the real stage names (`STAGES` of
-`sadtalker.pipeline`), progress as a fraction of the whole job, scratch files in `temp_dir`, the output
-written under a temporary name and renamed into place when complete. Tunables (environment, read when the
-pipeline is built):
+`sadtalker.pipeline`), progress reports (`sadtalker.contracts.ProgressReport`: a fraction of the whole job and
+the frames written so far), scratch files in `temp_dir`, the output written under a temporary name and renamed
+into place when complete. Tunables (environment, read when the pipeline is built):
 
 * SADTALKER_FAKE_RENDER_SECONDS (default 0.2): duration of one render, spread over the progress ticks.
 * SADTALKER_FAKE_TICKS (default 10): progress reports per render (few = a pipeline that rarely checks in).
+* SADTALKER_FAKE_FRAMES (default 25): frames per video; tick ``t`` reports ``frames * t // ticks`` written, so a
+  render failing at the middle tick has written (and reported) ``frames * (ticks // 2) // ticks`` frames.
 * SADTALKER_FAKE_CALLS_LOG (unset): a file that gets one line per render started (`<pid> <output name>`),
   so a test can count renders across processes.
 * A source image whose file name contains "fail" fails with a render error, one containing "noface"
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sadtalker.contracts import ProgressCallback, ProgressReport
 from sadtalker.errors import NoFaceError, RenderError
 
 # A tiny but real MP4 header box ("ftyp"), so the output is recognisably an .mp4 file.
@@ -41,6 +44,7 @@ class FakePipeline:
     device: str = "cpu"
     render_seconds: float = 0.2
     ticks: int = 10
+    frames: int = 25
     calls_log: Path | None = None
     on_tick: Callable[[int], None] | None = None  # test hook, called before each progress report
     scratch_frames: bool = True  # write a file per tick into the job's temp dir, as a real render's scratch
@@ -53,7 +57,7 @@ class FakePipeline:
         driven_audio: str | Path,
         output_path: str | Path,
         *,
-        progress: Callable[[str, float], None] | None = None,
+        progress: ProgressCallback | None = None,
         temp_dir: Path | None = None,
         **request: Any,
     ) -> Path:
@@ -79,7 +83,8 @@ class FakePipeline:
             if self.on_tick is not None:
                 self.on_tick(tick)
             if progress is not None:
-                progress(STAGES[tick * len(STAGES) // self.ticks], tick / self.ticks)
+                stage = STAGES[tick * len(STAGES) // self.ticks]
+                progress(ProgressReport(stage, tick / self.ticks, self.frames * tick // self.ticks, self.frames))
             if scratch is not None:
                 (scratch / "frames" / f"{tick:05d}.png").write_bytes(b"fake frame")
             time.sleep(self.render_seconds / self.ticks)
@@ -93,7 +98,7 @@ class FakePipeline:
         partial.write_bytes(FAKE_MP4)
         os.replace(partial, output_path)
         if progress is not None:
-            progress("render", 1.0)
+            progress(ProgressReport("render", 1.0, self.frames, self.frames))
         return output_path
 
 
@@ -105,6 +110,7 @@ def create(checkpoint_dir: Path, device: str, **_pipeline_options: Any) -> FakeP
         device=device,
         render_seconds=float(os.environ.get("SADTALKER_FAKE_RENDER_SECONDS", "0.2")),
         ticks=int(os.environ.get("SADTALKER_FAKE_TICKS", "10")),
+        frames=int(os.environ.get("SADTALKER_FAKE_FRAMES", "25")),
         calls_log=Path(calls_log) if calls_log else None,
         scratch_frames=os.environ.get("SADTALKER_FAKE_SCRATCH", "1") == "1",
     )

@@ -301,3 +301,41 @@ def test_max_faces_keeps_the_largest_face_not_the_most_confident(enhancer: FaceE
     assert changed[:180, :180].mean() > 0.1  # the large face was restored and pasted back
     assert not changed[240:, 240:].any()  # the small one was left alone
     assert not changed[:, 200:240].any() and not changed[200:240, :].any()  # and nothing between them
+
+
+def test_a_stop_check_between_faces_stops_before_the_next_face(enhancer: FaceEnhancer) -> None:
+    """Two faces in one frame, one GFPGAN pass each (CPU): a stop requested during the first face ends the
+    enhancement before the second face, not after the whole batch."""
+    frames, landmarks = _frames()
+    passes: list[int] = []
+    original_fn = enhancer._gfpgan_fn
+
+    def counting_fn(precision: str, compiled: bool = True):  # type: ignore[no-untyped-def]
+        restore = original_fn(precision, compiled)  # type: ignore[arg-type]
+
+        def counted(faces: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+            passes.append(len(faces))
+            return restore(faces, *noise)
+
+        return counted
+
+    class StopRequested(Exception):
+        pass
+
+    def check() -> None:
+        if passes:  # the stop came while the first face was restored
+            raise StopRequested
+
+    original_net, original_batch = enhancer.gfpgan, enhancer.face_batch
+    try:
+        enhancer.gfpgan, enhancer.face_batch = _narrow_gfpgan(), 1
+        enhancer._gfpgan_fn = counting_fn  # type: ignore[method-assign]
+        with pytest.raises(StopRequested):
+            enhancer.enhance(frames[:1], landmarks=[landmarks], check=check)
+        assert passes == [1]
+        # The enhancer is usable again afterwards (its lock and helper state were released by the unwinding).
+        out = enhancer.enhance(frames[:1], landmarks=[landmarks], check=lambda: None)
+        assert out.shape == (1, 256, 256, 3) and passes == [1, 1, 1]
+    finally:
+        del enhancer._gfpgan_fn
+        enhancer.gfpgan, enhancer.face_batch = original_net, original_batch

@@ -8,6 +8,7 @@ mode) and, with GFPGAN, those frames enhanced by ``FaceEnhancer`` with the same 
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from helpers import (
 
 from sadtalker import errors
 from sadtalker.compose.paste import PasteBox, aspect_resize, paste_frame
+from sadtalker.contracts import ProgressReport
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.media import load_image
 from sadtalker.options import GenerateOptions
@@ -62,7 +64,7 @@ class Rendered:
     path: Path
     info: dict
     frames: np.ndarray  # every decoded frame, (T, H, W, 3) uint8
-    stages: list[tuple[str, float]]
+    reports: list[ProgressReport]
 
 
 def _generate(
@@ -73,16 +75,16 @@ def _generate(
     out_dir.mkdir(parents=True)
     work = out_dir.with_name(out_dir.name + "-work")
     work.mkdir()
-    stages: list[tuple[str, float]] = []
+    reports: list[ProgressReport] = []
     path = talker.generate(
         image, wav, out_dir / "clip.mp4", options=options, landmarks=landmarks, temp_dir=work,
-        progress=lambda stage, fraction: stages.append((stage, fraction)),
+        progress=reports.append,
     )  # fmt: skip
     assert path == out_dir / "clip.mp4"
     assert sorted(p.name for p in out_dir.iterdir()) == ["clip.mp4"]
     assert leftovers(work) == []
     info = probe_video(path)
-    return Rendered(path, info, decode_frames(path, info["width"], info["height"]), stages)
+    return Rendered(path, info, decode_frames(path, info["width"], info["height"]), reports)
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +134,12 @@ def test_preset_end_to_end_frames_are_the_enhanced_golden_frames(
     assert info["frames"] == frames
     # GFPGAN pastes back at twice the size, as the original's GFPGANer(upscale=2).
     assert (info["width"], info["height"]) == size_wh
-    fractions = [fraction for _, fraction in rendered.stages]
+    fractions = [report.fraction for report in rendered.reports]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    assert [s for s, _ in rendered.stages][:4] == ["inputs", "face", "motion", "render"]
+    assert [report.stage for report in rendered.reports][:4] == ["inputs", "face", "motion", "render"]
+    # Frames are reported as the encoder writes them, one batch (one frame on CPU) at a time.
+    written = sorted({report.frames_written for report in rendered.reports})
+    assert written == list(range(frames + 1)) and rendered.reports[-1].frames_total == frames
 
     golden = _golden_output_frames(reference_dir, case)[:frames]
     expected = talker.enhancer.enhance(golden, generator=torch.Generator().manual_seed(0))
@@ -293,3 +298,64 @@ def test_command_line_renders_into_result_dir(
     assert output.parent == tmp_path / "results" and is_output_name(output.name)
     assert probe_video(output)["frames"] == 2
     assert main(["--source_image", str(image), "--driven_audio", str(audio), "--landmarks", str(audio)]) == 2
+
+
+def test_stop_requested_after_the_first_frame_ends_generate_within_one_frame(
+    talker: SadTalker, reference_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (the progress callback raising) requested once the first frame is written interrupts the render,
+    the enhancer and the encoder within one frame: at most one more unit of work (a frame rendered, or a face
+    detected or restored) begins after the request, and no file is left."""
+    image, landmarks, wav = case_inputs(reference_dir, CROP_CASE)
+    audio = short_wav(wav, tmp_path / "speech.wav", frames=5)
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    options = GenerateOptions.preset("crop", enhancer="gfpgan", seed=0, batch_size=1)
+    stop = threading.Event()
+    after_stop = {"rendered": 0, "aligned": 0, "restored": 0}
+    done = {"rendered": 0}
+
+    def counted(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if stop.is_set():
+                after_stop[name] += 1
+            result = fn(*args, **kwargs)
+            done[name] = done.get(name, 0) + 1
+            return result
+
+        return wrapper
+
+    renderer, enhancer = talker.renderer(options), talker.enhancer
+    assert enhancer is not None
+    monkeypatch.setattr(renderer, "render_frames", counted("rendered", renderer.render_frames))
+    monkeypatch.setattr(enhancer, "_align", counted("aligned", enhancer._align))
+    gfpgan_fn = enhancer._gfpgan_fn
+    monkeypatch.setattr(
+        enhancer, "_gfpgan_fn", lambda *args, **kwargs: counted("restored", gfpgan_fn(*args, **kwargs))
+    )
+
+    class StopRequested(Exception):
+        pass
+
+    reports: list[ProgressReport] = []
+
+    def progress(report: ProgressReport) -> None:
+        reports.append(report)
+        if stop.is_set():
+            raise StopRequested
+        if report.frames_written >= 1:
+            stop.set()
+
+    with pytest.raises(StopRequested):
+        talker.generate(
+            image, audio, out / "clip.mp4", options=options, landmarks=landmarks, temp_dir=work, progress=progress
+        )
+    assert stop.is_set() and reports[-1].frames_total == 5
+    print(f"units of work begun after the stop: {after_stop}; done in all: {done}")
+    # Every unit (a frame's render, a frame's face detection, a face's GFPGAN pass) is preceded by a stop check:
+    # only one begun between the last check and the stop request can run; the next check raises.
+    assert sum(after_stop.values()) <= 1
+    assert done["rendered"] <= 2  # of 5
+    assert list(out.iterdir()) == []
+    assert leftovers(work) == []

@@ -363,8 +363,9 @@ def test_metrics_count_exactly_what_happened(served: tuple[Server, Dirs]) -> Non
     assert delta('sadtalker_jobs_accepted_total{preset="crop"}') == 2
     assert delta('sadtalker_jobs_completed_total{preset="crop",worker="0"}') == 1
     assert delta('sadtalker_jobs_failed_total{kind="render",preset="crop",worker="0"}') == 1
-    # 1 s of audio; the failed job adds none
-    assert delta('sadtalker_frames_rendered_total{preset="crop",worker="0"}') == 25
+    # Frames as written: the fake writes 25 per video (SADTALKER_FAKE_FRAMES), and the failed job fails at its
+    # middle tick (5 of 10) having written 25 * 5 // 10 = 12 of them, which count too.
+    assert delta('sadtalker_frames_rendered_total{preset="crop",worker="0"}') == 25 + 12
     assert after["sadtalker_queue_depth"] == 0
     assert delta('sadtalker_job_seconds_bucket{le="3600.0",outcome="completed",preset="crop",worker="0"}') == 1
     assert any(name.startswith("sadtalker_stage_seconds_count") for name in after)
@@ -539,6 +540,8 @@ def test_queue_full_then_sigterm_mid_job_then_restart_completes(tmp_path: Path) 
         assert full.status_code == 429 and "queue is full" in full.json()["error"]
         assert int(full.headers["retry-after"]) >= 1
         assert post(server, "/status", {"request_id": "rejected"}).status_code == 404  # nothing recorded
+        # Exactly one job waits (the running one is not queued, the rejected one was never recorded).
+        assert metric_values(server)["sadtalker_queue_depth"] == 1
 
         begin = time.monotonic()
         server.process.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sadtalker.contracts import ProgressReport
 from sadtalker.errors import NoFaceError
 from serving.metrics import JobMetrics
 from serving.schema import JobRequest
@@ -181,6 +182,7 @@ def test_request_fields_reach_the_pipeline_as_stored(harness: Harness) -> None:
 
 
 def test_metrics_move(harness: Harness) -> None:
+    harness.pipeline.frames = 20  # per video; the failing one fails at tick 2 of 4, after writing 20 * 2 // 4
     harness.submit(seconds=2.0)
     harness.submit(preset="full", seconds=1.0)
     harness.submit(name="fail.png")
@@ -192,8 +194,9 @@ def test_metrics_move(harness: Harness) -> None:
     assert harness.value("sadtalker_jobs_completed_total", preset="crop") == 1
     assert harness.value("sadtalker_jobs_completed_total", preset="full") == 1
     assert harness.value("sadtalker_jobs_failed_total", preset="crop", kind="render") == 1
-    assert harness.value("sadtalker_frames_rendered_total", preset="crop") == 50  # 2 s at 25 fps
-    assert harness.value("sadtalker_frames_rendered_total", preset="full") == 25
+    # Frames as the pipeline wrote them (not audio seconds x 25): the failed render counts its 10 frames.
+    assert harness.value("sadtalker_frames_rendered_total", preset="crop") == 20 + 10
+    assert harness.value("sadtalker_frames_rendered_total", preset="full") == 20
     assert harness.value("sadtalker_job_seconds_count", preset="crop", outcome="completed") == 1
     assert harness.value("sadtalker_job_seconds_bucket", preset="crop", outcome="completed", le="3600.0") == 1
     assert harness.value("sadtalker_stage_seconds_count", stage="render") == 2  # the failed job stopped before it
@@ -373,6 +376,83 @@ def test_shutdown_requeues_a_render_that_never_checks_in(harness: Harness, monke
     assert record is not None and record.state is JobState.QUEUED  # the late render's writes were refused
 
 
+class FramePipeline(FakePipeline):
+    """Renders in batches of `batch_frames` frames that take longer than the abort wait, but reports progress
+    after every frame (`frame_seconds`), as the real pipeline now does; records how its render ended."""
+
+    batch_frames: int = 5
+    frame_seconds: float = 0.2
+    batches: int = 20
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__(render_seconds=0.0)
+        self.fail_after = fail_after
+        self.written = 0
+        self.first_frame = threading.Event()
+        self.ended_by: BaseException | None = None
+
+    def generate(self, source_image: object, driven_audio: object, output_path: object, **kwargs: object) -> Path:
+        progress = kwargs["progress"]
+        total = self.batches * self.batch_frames
+        output = Path(str(output_path))
+        partial = output.with_name(f".{output.stem}.0000.partial")
+        partial.write_bytes(b"frames so far")
+        try:
+            for _batch in range(self.batches):
+                for _frame in range(self.batch_frames):
+                    time.sleep(self.frame_seconds)
+                    self.written += 1
+                    progress(ProgressReport("render", self.written / total, self.written, total))  # type: ignore[operator]
+                    self.first_frame.set()
+                    if self.written == self.fail_after:
+                        raise RuntimeError(f"failed after {self.written} frames")
+        except BaseException as exc:
+            self.ended_by = exc
+            partial.unlink()
+            raise
+        partial.rename(output)
+        return output
+
+
+def test_shutdown_interrupts_between_frames_of_a_batch_longer_than_the_abort_wait(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch (1 s) takes longer than the abort wait (0.5 s), but the pipeline checks in per frame (0.2 s): the
+    render unwinds by itself (JobInterrupted) within the wait, instead of being abandoned to the fallback."""
+    import serving.worker as worker_module
+    from serving.worker import JobInterrupted
+
+    monkeypatch.setattr(worker_module, "ABORT_WAIT_SECONDS", 0.5)
+    pipeline = FramePipeline()
+    harness.worker = harness.make_worker(pipeline)
+    job_id = harness.submit()
+    harness.worker.start()
+    assert pipeline.first_frame.wait(5)
+    assert harness.worker.stop(grace=0.1)  # the render thread ended: no daemon thread left inside a batch
+    assert isinstance(pipeline.ended_by, JobInterrupted)
+    assert 1 <= pipeline.written < pipeline.batch_frames * pipeline.batches
+    assert "interrupted by shutdown: queued again for the next start" in caplog.text
+    assert "did not stop within" not in caplog.text  # not the abort-wait fallback
+    record = harness.store.get(job_id)
+    assert record is not None and record.state is JobState.QUEUED and record.attempts == 0
+    # The frames it wrote before the stop are counted, exactly (the stop is raised after counting them).
+    assert harness.value("sadtalker_frames_rendered_total", preset="crop") == pipeline.written
+    assert harness.value("sadtalker_jobs_failed_total", preset="crop", kind="internal") == 0
+    assert list(harness.out.iterdir()) == [] and list(harness.temp_root.iterdir()) == []
+
+
+def test_failed_render_counts_exactly_the_frames_it_wrote(harness: Harness) -> None:
+    pipeline = FramePipeline(fail_after=7)
+    pipeline.frame_seconds = 0.0
+    harness.worker = harness.make_worker(pipeline)
+    harness.submit(preset="full", seconds=30.0)  # 750 frames' worth of audio: not what the counter counts
+    job = harness.worker.process_one()
+    assert job is not None and job.state is JobState.FAILED and "failed after 7 frames" in (job.error or "")
+    assert harness.value("sadtalker_frames_rendered_total", preset="full") == 7
+    assert harness.value("sadtalker_jobs_failed_total", preset="full", kind="internal") == 1
+    assert list(harness.out.iterdir()) == []
+
+
 def test_job_id_on_every_log_line_of_a_job() -> None:
     import io
     import logging
@@ -408,14 +488,14 @@ def test_progress_writes_are_throttled_but_not_lost(harness: Harness) -> None:
     harness.store.claim_next("me", 30.0)
     now = [0.0]
     tracker = _ProgressTracker(harness.store, harness.metrics, job_id, "me", threading.Event(), clock=lambda: now[0])
-    tracker("render", 0.0)
+    tracker(ProgressReport("render", 0.0))
     for step in range(1, 41):  # 0.5 % every 0.1 s: small steps must still add up
         now[0] += 0.1
-        tracker("render", step * 0.005)
+        tracker(ProgressReport("render", step * 0.005))
     record = harness.store.get(job_id)
     # Written at most once per second: the record lags by at most one second of progress (5 % here).
     assert record is not None and record.stage == "render" and 15.0 <= record.progress <= 20.0
-    tracker("encode", 2.0)  # stage change: written at once; the fraction is clamped to the whole job
+    tracker(ProgressReport("encode", 2.0))  # stage change: written at once; the fraction is clamped to the whole job
     assert harness.store.get(job_id).progress == 100.0  # type: ignore[union-attr]
     tracker.finish()
     assert harness.value("sadtalker_stage_seconds_count", stage="render") == 1
@@ -430,7 +510,7 @@ def test_failed_progress_write_is_skipped(harness: Harness, tmp_path: Path, capl
     store.claim_next("me", 30.0)
     store.full = True
     tracker = _ProgressTracker(store, harness.metrics, job.id, "me", threading.Event())
-    tracker("render", 0.5)  # does not raise
+    tracker(ProgressReport("render", 0.5))  # does not raise
     assert "progress write skipped" in caplog.text
 
 

@@ -38,6 +38,7 @@ from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
 from torchvision.transforms.functional import normalize
 
 from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
+from sadtalker.contracts import StopCheck
 from sadtalker.errors import RenderError
 from sadtalker.face.detect import load_detector
 from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
@@ -134,6 +135,7 @@ class FaceEnhancer:
         generator: torch.Generator | None = None,
         landmarks: Sequence[Sequence[np.ndarray]] | None = None,
         precision: Precision = "exact",
+        check: StopCheck | None = None,
     ) -> np.ndarray:
         """Restore the faces of RGB uint8 frames ``(T, H, W, 3)``; returns ``(T, H*upscale, W*upscale, 3)``.
 
@@ -141,6 +143,8 @@ class FaceEnhancer:
         ``landmarks``: per frame, a list of (5, 2) face landmarks (eyes, nose, mouth corners; pixels) to use
         instead of running the detector (tests inject faces that random weights cannot detect).
         ``precision``: "exact" or "fast" (GFPGAN and ParseNet in reduced precision).
+        ``check``: called before each frame's detection, each GFPGAN pass (one face on CPU) and each frame's
+        paste-back; whatever it raises stops the enhancement there (a shutdown need not wait for the batch).
         """
         check_precision(precision)
         frames = list(frames)
@@ -152,7 +156,7 @@ class FaceEnhancer:
             for start in range(0, len(frames), self.batch_size):
                 chunk = frames[start : start + self.batch_size]
                 chunk_landmarks = None if landmarks is None else landmarks[start : start + self.batch_size]
-                out.extend(self._enhance_chunk(chunk, chunk_landmarks, generator, precision))
+                out.extend(self._enhance_chunk(chunk, chunk_landmarks, generator, precision, check))
         if not out:
             return np.zeros((0, 0, 0, 3), np.uint8)
         return np.stack(out)
@@ -163,17 +167,20 @@ class FaceEnhancer:
         *,
         generator: torch.Generator | None = None,
         precision: Precision = "exact",
+        check: StopCheck | None = None,
     ) -> list[np.ndarray]:
         """GFPGAN on aligned 512x512 BGR uint8 faces, ``face_batch`` at a time; returns restored BGR uint8 faces.
 
         Pre/post-processing is GFPGANer's: ``img2tensor(face / 255)``, normalise to [-1, 1], and
-        ``tensor2img(min_max=(-1, 1))`` (clamp, rescale, round).
+        ``tensor2img(min_max=(-1, 1))`` (clamp, rescale, round).  ``check`` is called before each GFPGAN pass.
         """
         restored: list[np.ndarray] = []
         restore = self._gfpgan_fn(precision)
         # Sub-batches of at most face_batch faces; noise is drawn per face in order, so the split is invisible.
         # A short last batch is padded to face_batch (a compiled shape) and the padding dropped.
         for start in range(0, len(crops), self.face_batch):
+            if check is not None:
+                check()
             part = crops[start : start + self.face_batch]
             batch = torch.stack([self._to_tensor(crop) for crop in part]).to(self.device)
             if generator is None:
@@ -200,14 +207,23 @@ class FaceEnhancer:
         landmarks: Sequence[Sequence[np.ndarray]] | None,
         generator: torch.Generator | None,
         precision: Precision,
+        check: StopCheck | None = None,
     ) -> list[np.ndarray]:
-        aligned = [self._align(frame, None if landmarks is None else landmarks[i]) for i, frame in enumerate(frames)]
+        def checkpoint() -> None:
+            if check is not None:
+                check()
+
+        aligned = []
+        for i, frame in enumerate(frames):
+            checkpoint()
+            aligned.append(self._align(frame, None if landmarks is None else landmarks[i]))
         # The faces of the whole chunk go to GFPGAN together, in frame order (GFPGANer's noise draw order).
         restored = self.restore_faces(
-            [crop for frame in aligned for crop in frame.crops], generator=generator, precision=precision
+            [crop for frame in aligned for crop in frame.crops], generator=generator, precision=precision, check=check
         )
         out = []
         for frame in aligned:
+            checkpoint()
             faces, restored = restored[: len(frame.crops)], restored[len(frame.crops) :]
             out.append(np.ascontiguousarray(self._paste(frame, faces)[:, :, ::-1]))
         return out
