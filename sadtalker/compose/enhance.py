@@ -214,9 +214,9 @@ class FaceEnhancer:
                 check()
 
         aligned = []
-        for i, frame in enumerate(frames):
+        for i, image in enumerate(frames):
             checkpoint()
-            aligned.append(self._align(frame, None if landmarks is None else landmarks[i]))
+            aligned.append(self._align(image, None if landmarks is None else landmarks[i]))
         # The faces of the whole chunk go to GFPGAN together, in frame order (GFPGANer's noise draw order).
         restored = self.restore_faces(
             [crop for frame in aligned for crop in frame.crops], generator=generator, precision=precision, check=check
