@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from sadtalker.audio import FPS, compute_audio_features  # noqa: E402
 from sadtalker.compose.enhance import FaceEnhancer, gfpgan_forward  # noqa: E402
-from sadtalker.face.pipeline import SourceFace  # noqa: E402
+from sadtalker.face.source import SourceFace  # noqa: E402
 from sadtalker.media import load_audio, load_image  # noqa: E402
 from sadtalker.options import GenerateOptions  # noqa: E402
 from sadtalker.pipeline import SadTalker  # noqa: E402
