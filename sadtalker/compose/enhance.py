@@ -40,7 +40,14 @@ from torchvision.transforms.functional import normalize
 from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
 from sadtalker.errors import RenderError
 from sadtalker.face.detect import load_detector
-from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
+from sadtalker.render.accel import (
+    Precision,
+    StaticCompiled,
+    autocast,
+    check_precision,
+    fast_channels_last,
+    to_channels_last,
+)
 from sadtalker.weights import CheckpointError, load_strict, read_torch
 
 FACE_SIZE = 512
@@ -118,8 +125,11 @@ class FaceEnhancer:
         if compiled and precision in self._gfpgan_compiled:
             return self._gfpgan_compiled[precision]
         net, device = self.gfpgan, self.device
+        channels_last = precision == "fast" and fast_channels_last(device)
 
         def restore(faces: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                faces = to_channels_last(faces)
             with autocast(device, precision):
                 return gfpgan_forward(net, faces, list(noise)).float()
 
@@ -306,7 +316,7 @@ def gfpgan_forward(net: GFPGANv1Clean, faces: torch.Tensor, noise: list[torch.Te
         feat = down(feat)
         skips.insert(0, feat)
     feat = F.leaky_relu_(net.final_conv(feat), negative_slope=0.2)
-    style = net.final_linear(feat.view(feat.size(0), -1))
+    style = net.final_linear(feat.reshape(feat.size(0), -1))  # reshape: feat may be channels-last
     if net.different_w:
         style = style.view(style.size(0), -1, net.num_style_feat)
     conditions = []
@@ -341,7 +351,11 @@ class _MaskParser:
         return net.out_mask_conv(net.decoder(feat + net.body(feat)))
 
     def _eager(self, precision: Precision):
+        channels_last = precision == "fast" and fast_channels_last(self.device)
+
         def parse(x: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                x = to_channels_last(x)
             with autocast(self.device, precision):
                 return self.logits(x).float()
 

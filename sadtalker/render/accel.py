@@ -51,11 +51,42 @@ def reduced_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def fast_channels_last(device: torch.device) -> bool:
+    """Whether fast mode feeds its networks channels-last (NHWC / NDHWC) inputs: on CPU, where oneDNN's bf16
+    convolutions run on AMX tiles and, given NCHW tensors, reorder every activation to NHWC and back around each
+    convolution (bench/networks.py: render bf16 x1.67 NCHW vs x2.05 NHWC over fp32).  Not on CUDA (unmeasured).
+    Exact mode never uses it: it changes fp32 accumulation order (no longer bit-identical to the plain path)."""
+    return device.type == "cpu"
+
+
 def autocast(device: torch.device, precision: Precision) -> AbstractContextManager:
     """Autocast to the reduced dtype in fast mode; nothing in exact mode."""
     if precision == "exact":
         return nullcontext()
     return torch.autocast(device.type, dtype=reduced_dtype(device))
+
+
+T = TypeVar("T", torch.Tensor, torch.nn.Module)
+
+
+def to_channels_last(x: T) -> T:
+    """``x`` in channels-last memory format: NHWC for 4-d tensors / 2-d convolution weights, NDHWC for 5-d ones
+    (oneDNN's AMX and tensor-core convolution kernels want it); other tensors unchanged.  Modules are converted
+    in place (their 4-d and 5-d parameters and buffers), tensors returned converted (same values, same shape)."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        if x.ndim == 5:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+    for module in x.modules():
+        for param in module._parameters.values():
+            if param is not None and param.ndim in (4, 5):
+                param.data = to_channels_last(param.data)
+        for key, buffer in module._buffers.items():
+            if buffer is not None and buffer.ndim in (4, 5):
+                module._buffers[key] = to_channels_last(buffer)
+    return x
 
 
 def compile_from_env(default: bool) -> bool:

@@ -20,7 +20,14 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
+from sadtalker.render.accel import (
+    Precision,
+    StaticCompiled,
+    autocast,
+    check_precision,
+    fast_channels_last,
+    to_channels_last,
+)
 from sadtalker.render.generator import GeneratorConfig, OcclusionAwareSPADEGenerator, SourceFeatures
 from sadtalker.render.keypoints import KPDetector, KPDetectorConfig
 from sadtalker.render.mapping import MappingConfig, MappingNet, MappingOutput
@@ -197,6 +204,8 @@ class Renderer:
         self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
     ) -> torch.Tensor:
         # Reduced precision for the whole per-frame network except the output, which is returned as float32.
+        if fast_channels_last(self.device):
+            feature_3d, motion_feature = to_channels_last(feature_3d), to_channels_last(motion_feature)
         with autocast(self.device, "fast"):
             frames = self._animate_exact(feature_3d, motion_feature, kp_source, kp_driving)
         return frames.float()
