@@ -234,3 +234,28 @@ def test_feeder_does_not_mask_the_callers_exception() -> None:
     with pytest.raises(KeyError), BackgroundFeeder(lambda item: None) as feeder:
         feeder.put(1)
         raise KeyError("render failed")
+
+
+def test_fast_copy_keeps_the_original_and_matches_autocast() -> None:
+    """Fast mode's weight copy (bf16, channels-last convolutions) computes what autocast on the original does,
+    and leaves the original (exact mode's weights) untouched."""
+    from sadtalker.render.accel import fast_copy, to_channels_last
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)
+    ).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    copy = fast_copy(net, torch.bfloat16)
+    for key, value in net.state_dict().items():
+        assert value.dtype == before[key].dtype and value.is_contiguous()
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    conv = copy[0]
+    assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert copy[1].weight.dtype == torch.float32  # only convolution weights change
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = net(x).float()
+        got = copy(to_channels_last(x)).float()
+    assert got.is_contiguous(memory_format=torch.channels_last)  # activations stayed NHWC
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
