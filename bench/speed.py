@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from sadtalker.audio import FPS, compute_audio_features  # noqa: E402
-from sadtalker.compose.enhance import FaceEnhancer, gfpgan_forward  # noqa: E402
-from sadtalker.face.pipeline import SourceFace  # noqa: E402
+from sadtalker.compose.enhance import FaceEnhancer, _stored_noise, gfpgan_forward  # noqa: E402
+from sadtalker.face.source import SourceFace  # noqa: E402
 from sadtalker.media import load_audio, load_image  # noqa: E402
 from sadtalker.options import GenerateOptions  # noqa: E402
 from sadtalker.pipeline import SadTalker  # noqa: E402
@@ -53,6 +53,8 @@ GOLDEN = REPO.parent / "shared" / "reference" / "golden"
 CASES = {"crop": "crop_people0_256", "full": "fullstill_full3_256"}
 VARIANTS = ("baseline", "exact", "fast")
 SIZE = 256
+# eager_reduced: autocast over the fp32 weights; eager_fast: fast mode's eager path (CPU: bf16 channels-last copies)
+ROOFLINE_COLUMNS = ("eager_fp32", "eager_reduced", "eager_fast", "compiled_exact", "compiled_fast")
 
 
 @dataclass
@@ -264,7 +266,8 @@ def time_call(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 
 def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> dict[str, Any]:
-    """FLOPs per network and achieved GFLOP/s: eager fp32, eager bf16/fp16 autocast, and compiled (if built)."""
+    """FLOPs per network and achieved GFLOP/s: eager fp32, eager bf16/fp16 autocast on the fp32 weights, fast
+    mode's eager path, and compiled (if built)."""
     calls = network_calls(talker, case)
     device = talker.device
     result: dict[str, Any] = {}
@@ -284,6 +287,33 @@ def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> 
                 "gflops_per_s": flops / min(seconds) / 1e9,
             }
         result[name] = row
+    # What fast mode runs eagerly (on CPU: the bf16 channels-last weight copies), compiled graphs switched off.
+    renderer = talker.renderer(case.options)
+    enhancer_: FaceEnhancer = talker.enhancer  # type: ignore[assignment]
+    image = torch.from_numpy(case.face.crop_image).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    source = renderer.prepare_source(image, case.semantics.source)
+    driving = renderer.drive(source, case.semantics.target[:1].float())
+    face = torch.zeros(1, 3, 512, 512).uniform_(-1, 1)
+    noise = _stored_noise(enhancer_.gfpgan)
+    fast_calls = {
+        "render_total": lambda: renderer.render_frames(source, driving, "fast"),
+        "gfpgan": lambda: enhancer_._gfpgan_fn("fast", compiled=False)(face, *noise),
+        "parsenet_mask_only": lambda: enhancer_.parser._eager("fast")(face),
+    }
+    switched = [c for c in compiled_objects(talker) if c.enabled]
+    for compiled_object in switched:
+        compiled_object.enabled = False
+    try:
+        for name, fn in fast_calls.items():
+            seconds = time_call(fn, repeats)
+            result[name]["eager_fast"] = {
+                "min_s": min(seconds),
+                "median_s": statistics.median(seconds),
+                "gflops_per_s": result[name]["gflop"] / min(seconds),
+            }
+    finally:
+        for compiled_object in switched:
+            compiled_object.enabled = True
     if use_compile:
         # The compiled per-frame graphs as the modes run them (render = dense motion + generator, batch 1).
         renderer = talker.renderer(case.options)
@@ -510,11 +540,11 @@ def main(argv: list[str] | None = None) -> int:
         report["networks"] = networks
         print(
             f"{'network':20s} {'GFLOP':>7s}  "
-            + "  ".join(f"{k:>22s}" for k in ("eager_fp32", "eager_reduced", "compiled_exact", "compiled_fast"))
+            + "  ".join(f"{k:>22s}" for k in ROOFLINE_COLUMNS)
         )
         for name, row in networks.items():
             cells = []
-            for key in ("eager_fp32", "eager_reduced", "compiled_exact", "compiled_fast"):
+            for key in ROOFLINE_COLUMNS:
                 cell = row.get(key)
                 cells.append(
                     f"{'-':>22s}" if cell is None else f"{cell['min_s']:.3f}s {cell['gflops_per_s']:5.0f}GF/s".rjust(22)

@@ -234,3 +234,51 @@ def test_feeder_does_not_mask_the_callers_exception() -> None:
     with pytest.raises(KeyError), BackgroundFeeder(lambda item: None) as feeder:
         feeder.put(1)
         raise KeyError("render failed")
+
+
+def test_fast_copy_keeps_the_original_and_matches_autocast() -> None:
+    """Fast mode's weight copy (bf16, channels-last convolutions) computes what autocast on the original does,
+    and leaves the original (exact mode's weights) untouched."""
+    from sadtalker.render.accel import fast_copy, to_channels_last
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)
+    ).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    copy = fast_copy(net, torch.bfloat16)
+    for key, value in net.state_dict().items():
+        assert value.dtype == before[key].dtype and value.is_contiguous()
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    conv = copy[0]
+    assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert copy[1].weight.dtype == torch.float32  # only convolution weights change
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = net(x).float()
+        got = copy(to_channels_last(x)).float()
+    assert got.is_contiguous(memory_format=torch.channels_last)  # activations stayed NHWC
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_compiled_fast_renderer_matches_eager_fast(synthetic_checkpoints: Path) -> None:
+    """Fast mode's per-frame graph (bf16 channels-last weight copy on CPU) compiled at 128 px: the graph runs
+    (no fallback, nothing recompiled) and stays close to the eager fast path."""
+    talker = SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=False)
+    renderer = talker.models[256].renderers[70]
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 128, 128, generator=gen)
+    source, target = 0.1 * torch.randn(70, 27, generator=gen), 0.1 * torch.randn(2, 70, 27, generator=gen)
+    eager = torch.cat(list(renderer.render(image, source, target, batch_size=1, precision="fast")))
+    renderer.compile(128, 1, "fast")
+    assert renderer.compiled_batch_sizes("fast") == {1}
+    calls: list[int] = []
+    compiled = renderer._compiled["fast"]
+    compiled.fn = lambda *xs: (calls.append(1), renderer._animate_fast(*xs))[1]  # spy on the eager fallback
+    frames = torch.cat(list(renderer.render(image, source, target, batch_size=1, precision="fast")))
+    assert calls == []  # the compiled graph ran for both frames
+    assert frames.shape == eager.shape == (2, 3, 128, 128)
+    # bf16: the two paths round differently; as close as fast mode must be to exact (>= 35 dB).
+    mse = torch.mean((frames.double() - eager.double()) ** 2).item()
+    assert 10 * np.log10(1 / max(mse, 1e-20)) >= MIN_MEAN_PSNR_DB

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -41,7 +42,15 @@ from sadtalker.checkpoints.files import CheckpointPaths, checkpoint_paths
 from sadtalker.contracts import StopCheck
 from sadtalker.errors import RenderError
 from sadtalker.face.detect import load_detector
-from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
+from sadtalker.render.accel import (
+    FastWeights,
+    Precision,
+    StaticCompiled,
+    autocast,
+    check_precision,
+    fast_channels_last,
+    to_channels_last,
+)
 from sadtalker.weights import CheckpointError, load_strict, read_torch
 
 FACE_SIZE = 512
@@ -95,6 +104,7 @@ class FaceEnhancer:
         self.face_batch = max(1, face_batch or (self.batch_size if self.device.type == "cuda" else 1))
         self.max_faces = max_faces
         self.gfpgan = load_gfpgan(paths.gfpgan, self.device)
+        self._fast_gfpgan = FastWeights(self.gfpgan, self.device)  # fast-mode weights, built on first use
         if detector is None:
             detector = load_detector(paths.face_detection, self.device)
         self.parser = _MaskParser(load_parser(paths.face_parsing, self.device), self.device)
@@ -118,9 +128,13 @@ class FaceEnhancer:
     def _gfpgan_fn(self, precision: Precision, compiled: bool = True):
         if compiled and precision in self._gfpgan_compiled:
             return self._gfpgan_compiled[precision]
-        net, device = self.gfpgan, self.device
+        device = self.device
+        net = self._fast_gfpgan.get() if precision == "fast" else self.gfpgan
+        channels_last = precision == "fast" and fast_channels_last(device)
 
         def restore(faces: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                faces = to_channels_last(faces)
             with autocast(device, precision):
                 return gfpgan_forward(net, faces, list(noise)).float()
 
@@ -322,7 +336,7 @@ def gfpgan_forward(net: GFPGANv1Clean, faces: torch.Tensor, noise: list[torch.Te
         feat = down(feat)
         skips.insert(0, feat)
     feat = F.leaky_relu_(net.final_conv(feat), negative_slope=0.2)
-    style = net.final_linear(feat.view(feat.size(0), -1))
+    style = net.final_linear(feat.reshape(feat.size(0), -1))  # reshape: feat may be channels-last
     if net.different_w:
         style = style.view(style.size(0), -1, net.num_style_feat)
     conditions = []
@@ -350,16 +364,22 @@ class _MaskParser:
         self.device = device
         self.precision: Precision = "exact"
         self._compiled: dict[Precision, StaticCompiled] = {}
+        self._fast = FastWeights(net, device)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
+    def logits(self, x: torch.Tensor, net: ParseNet | None = None) -> torch.Tensor:
+        net = net or self.net
         feat = net.encoder(x)
         return net.out_mask_conv(net.decoder(feat + net.body(feat)))
 
     def _eager(self, precision: Precision):
+        channels_last = precision == "fast" and fast_channels_last(self.device)
+        net = cast(ParseNet, self._fast.get()) if precision == "fast" else self.net
+
         def parse(x: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                x = to_channels_last(x)
             with autocast(self.device, precision):
-                return self.logits(x).float()
+                return self.logits(x, net).float()
 
         return parse
 

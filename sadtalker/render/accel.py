@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager, nullcontext
+from copy import deepcopy
 from typing import Literal, TypeVar
 
 import torch
@@ -51,11 +52,76 @@ def reduced_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def fast_channels_last(device: torch.device) -> bool:
+    """Whether fast mode runs its networks channels-last (NHWC / NDHWC weights and inputs): on CPU, where
+    oneDNN's bf16 convolutions run on AMX tiles and, given NCHW tensors, reorder activations around every
+    convolution (bench/networks.py, render: bf16 x1.63-1.67 NCHW vs x1.98-2.05 NHWC over fp32).  Not on CUDA
+    (unmeasured).  Exact mode never does: it would change fp32 accumulation order."""
+    return device.type == "cpu"
+
+
+def fast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``module`` whose convolution weights are ``dtype`` and channels-last, for use under autocast.
+
+    Autocast rounds every convolution weight to ``dtype`` at each call anyway, so the copy computes the same
+    thing without those casts; channels-last weights make oneDNN keep activations NHWC through the network (a
+    convolution with a channels-last weight returns channels-last).  Other parameters stay as they are."""
+    copy = deepcopy(module)
+    for sub in copy.modules():
+        if isinstance(sub, torch.nn.modules.conv._ConvNd) and sub.weight.ndim in (4, 5):
+            sub.weight = torch.nn.Parameter(to_channels_last(sub.weight.detach().to(dtype)), requires_grad=False)
+    return copy.eval()
+
+
+class FastWeights:
+    """The fast-mode weights of one network: on CPU a :func:`fast_copy` built on first use (a copy, seconds;
+    never a compilation), elsewhere the network itself (autocast alone)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        self.module = module
+        self.device = device
+        self._copy: torch.nn.Module | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> torch.nn.Module:
+        if not fast_channels_last(self.device):
+            return self.module
+        if self._copy is not None:  # no lock once built (compiled graphs trace this call)
+            return self._copy
+        with self._lock:
+            if self._copy is None:
+                self._copy = fast_copy(self.module, reduced_dtype(self.device))
+            return self._copy
+
+
 def autocast(device: torch.device, precision: Precision) -> AbstractContextManager:
     """Autocast to the reduced dtype in fast mode; nothing in exact mode."""
     if precision == "exact":
         return nullcontext()
     return torch.autocast(device.type, dtype=reduced_dtype(device))
+
+
+T = TypeVar("T", torch.Tensor, torch.nn.Module)
+
+
+def to_channels_last(x: T) -> T:
+    """``x`` in channels-last memory format: NHWC for 4-d tensors / 2-d convolution weights, NDHWC for 5-d ones
+    (oneDNN's AMX and tensor-core convolution kernels want it); other tensors unchanged.  Modules are converted
+    in place (their 4-d and 5-d parameters and buffers), tensors returned converted (same values, same shape)."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        if x.ndim == 5:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+    for module in x.modules():
+        for param in module._parameters.values():
+            if param is not None and param.ndim in (4, 5):
+                param.data = to_channels_last(param.data)
+        for key, buffer in module._buffers.items():
+            if buffer is not None and buffer.ndim in (4, 5):
+                module._buffers[key] = to_channels_last(buffer)
+    return x
 
 
 def compile_from_env(default: bool) -> bool:

@@ -94,7 +94,7 @@ class DenseMotionNetwork(nn.Module):
         repeated = feature.unsqueeze(1).expand(batch, n_motion, channels, *shape)
         repeated = repeated.reshape(batch * n_motion, channels, *shape)
         warped = F.grid_sample(repeated, motions.reshape(batch * n_motion, *shape, 3), align_corners=False)
-        return warped.view(batch, n_motion, channels, *shape)
+        return warped.reshape(batch, n_motion, channels, *shape)
 
     def heatmap_representation(
         self, shape: tuple[int, int, int], kp_source: torch.Tensor, kp_driving: torch.Tensor
@@ -112,7 +112,7 @@ class DenseMotionNetwork(nn.Module):
         motions = self.sparse_motions(shape, kp_source, kp_driving)
         warped = self.warp_per_motion(compressed, motions)
         heatmap = self.heatmap_representation(shape, kp_source, kp_driving)
-        prediction = self.hourglass(torch.cat([heatmap, warped], dim=2).view(batch, -1, *shape))
+        prediction = self.hourglass(torch.cat([heatmap, warped], dim=2).reshape(batch, -1, *shape))
 
         mask = F.softmax(self.mask(prediction), dim=1).unsqueeze(2)  # (B, K+1, 1, D, H, W)
         mask = torch.where(mask < MASK_FLOOR, torch.zeros_like(mask), mask)
@@ -121,6 +121,6 @@ class DenseMotionNetwork(nn.Module):
         occlusion_map = None
         if self.occlusion is not None:
             # The whole (channels x depth) stack of the hourglass output sees each pixel column at once.
-            flat = prediction.view(batch, -1, *shape[1:])
+            flat = prediction.reshape(batch, -1, *shape[1:])
             occlusion_map = torch.sigmoid(self.occlusion(flat))
         return DenseMotion(deformation=deformation, occlusion_map=occlusion_map)

@@ -106,7 +106,7 @@ class OcclusionAwareSPADEGenerator(nn.Module):
         out = self.second(out)
         b, _, h, w = out.shape
         # The 2D channels are reinterpreted as (channels, depth): a 3D feature volume.
-        feature_3d = self.resblocks_3d(out.view(b, self.reshape_channel, self.reshape_depth, h, w))
+        feature_3d = self.resblocks_3d(out.reshape(b, self.reshape_channel, self.reshape_depth, h, w))
         return SourceFeatures(feature_3d, self.dense_motion_network.compress_feature(feature_3d))
 
     def animate(self, source: SourceFeatures, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,7 @@ class OcclusionAwareSPADEGenerator(nn.Module):
         deformation = _resize_deformation(motion.deformation, tuple(volume.shape[2:]))  # type: ignore[arg-type]
         warped = F.grid_sample(volume, deformation, align_corners=False)
         b, c, d, h, w = warped.shape
-        out = self.fourth(self.third(warped.view(b, c * d, h, w)))
+        out = self.fourth(self.third(warped.reshape(b, c * d, h, w)))
 
         if motion.occlusion_map is not None:
             occlusion = motion.occlusion_map

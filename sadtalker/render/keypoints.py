@@ -79,7 +79,7 @@ class KPHourglass(nn.Module):
         out = self.conv(self.down_blocks(x))
         b, c, h, w = out.shape
         # The 2D channels become (channels, depth): the volume the keypoint heatmaps live in.
-        out = out.view(b, c // self.reshape_depth, self.reshape_depth, h, w)
+        out = out.reshape(b, c // self.reshape_depth, self.reshape_depth, h, w)
         return self.up_blocks(out)
 
 

@@ -20,7 +20,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from sadtalker.render.accel import Precision, StaticCompiled, autocast, check_precision
+from sadtalker.render.accel import (
+    FastWeights,
+    Precision,
+    StaticCompiled,
+    autocast,
+    check_precision,
+    fast_channels_last,
+    to_channels_last,
+)
 from sadtalker.render.generator import GeneratorConfig, OcclusionAwareSPADEGenerator, SourceFeatures
 from sadtalker.render.keypoints import KPDetector, KPDetectorConfig
 from sadtalker.render.mapping import MappingConfig, MappingNet, MappingOutput
@@ -114,6 +122,7 @@ class Renderer:
         self.coeff_nc: int = cast(nn.Conv1d, mapping.first[0]).in_channels
         # Per precision: the per-frame network (dense motion + generator), compiled for static shapes by compile().
         self._compiled: dict[Precision, StaticCompiled] = {}
+        self._fast = FastWeights(generator, self.device)  # the generator's fast-mode weights (built on first use)
 
     @classmethod
     def from_checkpoint(
@@ -197,8 +206,11 @@ class Renderer:
         self, feature_3d: torch.Tensor, motion_feature: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
     ) -> torch.Tensor:
         # Reduced precision for the whole per-frame network except the output, which is returned as float32.
+        if fast_channels_last(self.device):
+            feature_3d, motion_feature = to_channels_last(feature_3d), to_channels_last(motion_feature)
+        generator = cast(OcclusionAwareSPADEGenerator, self._fast.get())
         with autocast(self.device, "fast"):
-            frames = self._animate_exact(feature_3d, motion_feature, kp_source, kp_driving)
+            frames = generator.animate(SourceFeatures(feature_3d, motion_feature), kp_source, kp_driving)
         return frames.float()
 
     def _animate_fn(self, precision: Precision):
@@ -212,6 +224,8 @@ class Renderer:
         job); returns the seconds it took.  Later calls with other shapes run eagerly."""
         check_precision(precision)
         fn = self._animate_exact if precision == "exact" else self._animate_fast
+        if precision == "fast":
+            self._fast.get()  # build the fast weights now: the graph freezes them
         compiled = self._compiled.setdefault(precision, StaticCompiled(fn, f"render {precision}"))
         side = size // 4
         depth = self.generator.reshape_depth
@@ -230,6 +244,7 @@ class Renderer:
         if other.generator is not self.generator:
             raise ValueError("share_compiled needs renderers that share one generator")
         self._compiled = other._compiled
+        self._fast = other._fast
 
     def compiled_batch_sizes(self, precision: Precision) -> set[int]:
         compiled = self._compiled.get(precision)
