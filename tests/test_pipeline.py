@@ -118,9 +118,11 @@ def test_every_decoded_frame_is_the_golden_frame(plain_videos: dict, reference_d
 
 
 # GFPGAN runs twice per frame here (the video and the expectation), ~5 s per 512 crop frame and ~15 s per full-size
-# one (1024x1536: detection, restore, parse-mask paste).  The crop preset checks 2 frames, enough to catch a frozen
-# or reordered enhanced video; the full preset adds what only it does (enhance after the paste, at twice the photo
-# size), which its first frame shows.  Every frame of the plain videos is checked above.
+# one (1024x1536: detection, restore, parse-mask paste).  Frame order is NOT what these catch: with the synthetic
+# GFPGAN, neighbouring enhanced frames look alike (frames 0 and 1 swapped still scored 35-42 dB), so order and
+# frozen frames are held by the plain videos above (every frame; a reversed render fails there at 16-28 dB).
+# These check what the enhancer adds: the crop preset on 2 frames (GFPGAN's noise stream continues across render
+# batches, as in one call), the full preset on its first frame (enhanced after the paste, at twice the photo size).
 @pytest.mark.parametrize(("case", "frames", "size_wh"), [(CROP_CASE, 2, (512, 512)), (FULL_CASE, 1, (1024, 1536))])
 def test_preset_end_to_end_frames_are_the_enhanced_golden_frames(
     talker: SadTalker, reference_dir: Path, tmp_path: Path, case: str, frames: int, size_wh: tuple[int, int]
