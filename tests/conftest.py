@@ -28,6 +28,31 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"CI=true but the {missing_kit_message()}")
 
 
+# pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): a worker runs whole groups, so each module's fixtures
+# (a `bentoml serve`, rendered videos) are built once.  Modules that read the session's golden renders
+# (conformance_arrays) share one group, so those frames are rendered once per run, not once per worker.
+SAME_GROUP_AS = {"test_speed": "test_conformance"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid
+            item.add_marker(pytest.mark.xdist_group(SAME_GROUP_AS.get(module, module)))
+
+
+def _share_cores_between_workers() -> None:
+    """Each xdist worker gets its share of the cores for torch (2 workers x 2 threads on 2 cores thrash)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_cores_between_workers()
+
+
 def _missing_kit() -> None:
     if on_ci():
         pytest.fail(f"CI=true but the {missing_kit_message()}", pytrace=False)

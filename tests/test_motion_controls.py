@@ -7,6 +7,7 @@ test (hand-computed where the rule is arithmetic, the golden arrays of the origi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -97,11 +98,6 @@ def _reference_video(tmp_path: Path, reference_dir: Path, name: str = "ref.mkv",
     frames = [np.roll(image, shift, axis=1) for shift in SHIFTS]
     per_frame = np.stack([landmarks + np.array([shift, 0], np.float32) for shift in SHIFTS])
     return _write_video(tmp_path / name, frames, **kwargs), per_frame
-
-
-@pytest.fixture(scope="module")
-def talker(synthetic_checkpoints: Path) -> SadTalker:
-    return SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=True)
 
 
 # -- free view: the original's gen_camera_pose
@@ -404,9 +400,7 @@ def test_reference_video_error_in_generate_leaves_nothing(talker: SadTalker, ref
 
 
 @pytest.mark.parametrize("variant", ["references_free_view", "extcrop", "extfull"])
-def test_conformance_runner_motion_cases(
-    synthetic_checkpoints: Path, reference_dir: Path, tmp_path: Path, variant: str
-) -> None:
+def test_conformance_runner_motion_cases(talker: SadTalker, reference_dir: Path, tmp_path: Path, variant: str) -> None:
     name = FULL_CASE if variant == "extfull" else CROP_CASE
     source = reference_dir / "golden" / name
     case_dir = tmp_path / "case"
@@ -425,8 +419,10 @@ def test_conformance_runner_motion_cases(
     (case_dir / "case.json").write_text(json.dumps(meta))
     np.savez(case_dir / "inputs.npz", **inputs)
 
-    talker = SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=False)
-    out = run_case(Case.read(case_dir), talker, frames=1)
+    # The session's models as the runner's command line loads them: no face detection, no enhancer.
+    runner = copy.copy(talker)
+    runner.landmarker, runner.enhancer = None, None
+    out = run_case(Case.read(case_dir), runner, frames=1)
     golden = load_golden(source)
     num_frames = golden["coeff_pred_70"].shape[0]
     assert out["coeff_pred_70"].shape == (num_frames, 70)
