@@ -36,13 +36,13 @@ test-deps: $(STAMP)
 	scripts/install-test-deps
 	scripts/postgres-test-server
 
-# pytest-xdist workers (0 = one process).  `make test TEST_WORKERS=2`: one worker's server starts, subprocesses and
-# I/O waits overlap the other's torch work; a worker runs whole test modules (tests/conftest.py groups them) with
-# torch on its share of the cores.  Not the default until it is measured to pay on a quiet machine (README "Tests").
-TEST_WORKERS ?= 0
+# pytest-xdist workers (0 = one process).  Two on 2 cores (measured: README "Tests"): one worker's server starts,
+# subprocesses and I/O waits overlap the other's torch work; a worker runs whole modules (tests/conftest.py's
+# scheduler) with torch on its share of the cores.
+TEST_WORKERS ?= 2
 
 test: test-deps
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-slow: test-deps
 	$(PY) -m pytest -m slow

@@ -28,19 +28,28 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"CI=true but the {missing_kit_message()}")
 
 
-# pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): a worker runs whole groups, so each module's fixtures
-# (a `bentoml serve`, rendered videos) are built once.  Modules that read the session's golden renders
-# (conformance_arrays) share one group, so those frames are rendered once per run, not once per worker.
-SAME_GROUP_AS = {"test_speed": "test_conformance"}
+# pytest-xdist (`make test TEST_WORKERS=2` runs `-n 2`): a worker runs whole modules, so each module's fixtures
+# (a `bentoml serve`, rendered videos) are built once, and modules that share a session fixture that is costly to
+# build run on the same worker: the golden cases' conformance renders (conformance_arrays) and the 512-px pipeline
+# are then built once per run, not once per worker.  Done with our own scheduler: xdist's `--dist loadgroup`
+# rewrites node ids, which pytest 9 ignores (node ids are computed), so its groups silently fall apart.
+SAME_WORKER_AS = {"test_speed": "test_conformance", "test_models": "test_render_512"}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid
-            item.add_marker(pytest.mark.xdist_group(SAME_GROUP_AS.get(module, module)))
+def module_group(nodeid: str) -> str:
+    """The scheduling unit of a test: its module, or the module it must share a worker with."""
+    module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    return SAME_WORKER_AS.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return module_group(nodeid)
+
+    return ModuleGroupScheduling(config, log)
 
 
 def _share_cores_between_workers() -> None:
