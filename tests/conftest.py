@@ -59,6 +59,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         def _split_scope(self, nodeid: str) -> str:
             return module_group(nodeid)
 
+    config.option.loadscopereorder = False  # hand modules out in collection order (longest first), not by size
     return ModuleGroupScheduling(config, log)
 
 
