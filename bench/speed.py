@@ -538,10 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(cases.values()))
         networks = roofline(talker, first, args.roofline_repeats, args.compile)
         report["networks"] = networks
-        print(
-            f"{'network':20s} {'GFLOP':>7s}  "
-            + "  ".join(f"{k:>22s}" for k in ROOFLINE_COLUMNS)
-        )
+        print(f"{'network':20s} {'GFLOP':>7s}  " + "  ".join(f"{k:>22s}" for k in ROOFLINE_COLUMNS))
         for name, row in networks.items():
             cells = []
             for key in ROOFLINE_COLUMNS:

@@ -30,7 +30,6 @@ PREPROCESS_MODES: tuple[str, ...] = get_args(Preprocess)
 LANDMARK_COUNT = 68
 
 
-
 @dataclass(frozen=True)
 class ProgressReport:
     """Where a render is: what the pipeline hands its progress callback."""

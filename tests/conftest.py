@@ -43,13 +43,15 @@ def module_group(nodeid: str) -> str:
 
 
 # The longest modules (renders, model loads) first, so the two workers do not end waiting on one of them.
-LONGEST_FIRST = ("test_pipeline", "test_render_512", "test_conformance", "test_speed", "test_motion_controls")
+LONGEST_FIRST = ("test_pipeline", "test_render_512", "test_conformance", "test_motion_controls")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' collection order is what the scheduler hands out
+        # By group, not module: a stable sort keeps pytest's order within a group, which runs the tests of one
+        # parametrised session fixture (a golden case's renders) together across its modules.
         rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0].rpartition("/")[2][:-3], len(rank)))
+        items.sort(key=lambda item: rank.get(module_group(item.nodeid), len(rank)))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

@@ -355,9 +355,7 @@ def test_stop_requested_after_the_first_frame_ends_generate_within_one_frame(
     monkeypatch.setattr(renderer, "render_frames", counted("rendered", renderer.render_frames))
     monkeypatch.setattr(enhancer, "_align", counted("aligned", enhancer._align))
     gfpgan_fn = enhancer._gfpgan_fn
-    monkeypatch.setattr(
-        enhancer, "_gfpgan_fn", lambda *args, **kwargs: counted("restored", gfpgan_fn(*args, **kwargs))
-    )
+    monkeypatch.setattr(enhancer, "_gfpgan_fn", lambda *args, **kwargs: counted("restored", gfpgan_fn(*args, **kwargs)))
 
     class StopRequested(Exception):
         pass

@@ -142,9 +142,7 @@ def test_upload_through_the_page_plays_the_video(page_server: tuple[Server, Dirs
         page.click("#submit")
 
         # Progress while it renders: a queued/running state, then a progress value above 0.
-        page.wait_for_function(
-            "/queued|running/.test(document.getElementById('state').textContent)", timeout=15_000
-        )
+        page.wait_for_function("/queued|running/.test(document.getElementById('state').textContent)", timeout=15_000)
         seen_state = page.text_content("#state")
         page.wait_for_function("document.getElementById('progress').value > 0", timeout=30_000)
         seen_progress = page.eval_on_selector("#progress", "p => p.value")
