@@ -42,22 +42,11 @@ from sadtalker.models import load_size_models  # noqa: E402
 from sadtalker.render.accel import configure_inductor, reduced_dtype, to_channels_last  # noqa: E402
 from sadtalker.render.generator import SourceFeatures  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when imported by tests
+from speed import matmul_peak_gflops  # noqa: E402
+
 NETWORKS = ("render", "gfpgan", "parsenet", "retinaface")
 VARIANTS = ("fp32", "fp32_cl", "bf16", "bf16_cl", "bf16_clin")
-
-
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
