@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,6 +105,46 @@ def test_static_compiled_runs_the_graph_for_warmed_shapes_only() -> None:
         compiled(x)
         assert eager_calls[-1] == (1, 3, 16, 16)
     assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled after warm-up
+    assert compiled.fallbacks == 0
+
+
+def _runs_compiled_graph(call: Callable[[], object]) -> bool:
+    """Whether ``call`` ran a torch.compile'd graph: dynamo marks that in the profiler (an eager fallback,
+    including dynamo's own "eager_on_recompile", leaves no such mark)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    return any(event.name.startswith("Torch-Compiled Region") for event in prof.events())
+
+
+def test_static_compiled_takes_inputs_in_any_layout_and_reports_guard_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dynamo guards on strides and on inference-ness, not only shapes: facexlib hands ParseNet a transposed
+    (non-contiguous) view, which once made the compiled ParseNet fall back to eager on every call, silently.
+    Such inputs now run the graph; a guard that still fails runs eagerly, counted and logged."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.2)).eval()
+    gain = {"value": 2.0}
+    compiled = StaticCompiled(lambda t: net(t) * gain["value"], "tiny")
+    compiled.warm_up(torch.randn(1, 3, 16, 16))
+    eager_calls: list[tuple[int, ...]] = []
+    compiled.fn = lambda t: (eager_calls.append(tuple(t.shape)), net(t) * gain["value"])[1]
+    hwc = torch.randn(16, 16, 3)
+    transposed = hwc.permute(2, 0, 1).unsqueeze(0)  # as img2tensor(...).unsqueeze(0): strides (.., 1, 48, 3)
+    assert not transposed.is_contiguous() and not transposed.is_inference()
+    with torch.inference_mode():
+        expected = net(transposed.contiguous()) * 2.0
+        torch.testing.assert_close(compiled(transposed), expected, rtol=1e-5, atol=1e-5)
+        assert _runs_compiled_graph(lambda: compiled(transposed))
+        assert eager_calls == [] and compiled.fallbacks == 0
+        gain["value"] = 3.0  # a guarded global changed: the graph no longer applies
+        with caplog.at_level("WARNING", logger="sadtalker.render.accel"):
+            result = compiled(transposed)
+        torch.testing.assert_close(result, net(transposed.contiguous()) * 3.0, rtol=1e-5, atol=1e-5)
+        assert eager_calls == [(1, 3, 16, 16)] and compiled.fallbacks == 1
+        assert "tiny: compiled graph not usable for this call" in caplog.text
 
 
 @pytest.mark.slow
@@ -163,6 +204,32 @@ def test_mask_parser_gives_parsenets_logits(talker: SadTalker) -> None:
         full = enhancer.parser.net(x)[0]
         (mask_only,) = enhancer.parser(x)
     torch.testing.assert_close(mask_only, full, rtol=0, atol=0)
+
+
+def test_compiled_mask_parser_runs_its_graph_on_facexlibs_input() -> None:
+    """ParseNet compiled at load must run compiled on the tensor facexlib's paste-back builds (img2tensor of an
+    HWC crop, normalised in place, unsqueezed), not fall back to eager.  A narrow ParseNet keeps it cheap."""
+    from basicsr.utils import img2tensor
+    from test_compose_enhance import _narrow_parser
+    from torchvision.transforms.functional import normalize
+
+    from sadtalker.compose.enhance import _MaskParser
+
+    parser = _MaskParser(_narrow_parser(), torch.device("cpu"))
+    parser.compile("exact")
+    compiled = parser._compiled["exact"]
+    crop = np.random.default_rng(0).integers(0, 256, (512, 512, 3), np.uint8)
+    with torch.inference_mode():
+        face = img2tensor(crop.astype("float32") / 255.0, bgr2rgb=True, float32=True)
+        normalize(face, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), inplace=True)
+        face = torch.unsqueeze(face, 0)
+        assert not face.is_contiguous()  # the layout that used to defeat the compiled graph
+        (logits,) = parser(face)
+        assert _runs_compiled_graph(lambda: parser(face))
+        eager = parser.logits(face.contiguous())
+    assert compiled.fallbacks == 0
+    assert logits.shape == (1, 19, 512, 512)
+    torch.testing.assert_close(logits, eager, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -163,9 +163,14 @@ class StaticCompiled:
     """A function compiled for the input shapes it was warmed up with; other shapes run eagerly.
 
     ``warm_up`` (at load) compiles for one set of example inputs and records their shapes; ``__call__`` uses
-    the compiled graph only for recorded shapes (and with dynamo's ``eager_on_recompile`` stance), so an
-    unexpected input costs eager speed, never a compilation in the middle of a job.  Serialised by a lock:
-    compiled graphs are not re-entrant.
+    the compiled graph only for recorded shapes, so an unexpected input costs eager speed, never a compilation in
+    the middle of a job.  Serialised by a lock: compiled graphs are not re-entrant.
+
+    Dynamo guards on more than shapes: strides and whether a tensor is an inference tensor.  Callers hand over
+    whatever layout their library produced (facexlib's ``img2tensor`` gives a transposed, non-contiguous view),
+    so inputs are brought to the warm-up's form (contiguous inference tensors) first.  Should a guard still fail
+    (another dtype, a changed global), the call runs eagerly, is counted in ``fallbacks`` and logged once: a
+    silent fallback once cost ParseNet its whole compilation gain.
     """
 
     def __init__(self, fn: Callable[..., R], name: str) -> None:
@@ -175,6 +180,7 @@ class StaticCompiled:
         self._shapes: set[tuple[Hashable, ...]] = set()
         self._lock = threading.Lock()
         self.enabled = True  # False: always eager (benchmarks compare both in one process)
+        self.fallbacks = 0  # calls with a warmed-up shape that still could not use the compiled graph
 
     @property
     def shapes(self) -> set[tuple[Hashable, ...]]:
@@ -185,16 +191,31 @@ class StaticCompiled:
         configure_inductor()
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
-            # Jobs pass inference tensors (made under inference_mode); dynamo guards on that, so compile for them.
-            self._compiled(*(t.clone() for t in inputs))
+            self._compiled(*(_as_warmed(t) for t in inputs))
             self._shapes.add(shape_key(*inputs))
         seconds = time.perf_counter() - started
         logger.info("compiled %s for %s in %.1f s", self.name, [tuple(t.shape) for t in inputs], seconds)
         return seconds
 
     def __call__(self, *inputs: torch.Tensor):  # noqa: ANN204  (returns what fn returns)
-        if self.enabled and shape_key(*inputs) in self._shapes:
-            # Should a guard still fail (another tensor kind, a changed global), run eagerly, never recompile.
-            with self._lock, torch.compiler.set_stance("eager_on_recompile"):
-                return self._compiled(*inputs)
+        if not (self.enabled and shape_key(*inputs) in self._shapes):
+            return self.fn(*inputs)
+        with self._lock, torch.inference_mode():
+            inputs = tuple(_as_warmed(t) for t in inputs)
+            try:
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    return self._compiled(*inputs)
+            except RuntimeError as exc:
+                if "fail_on_recompile" not in str(exc):
+                    raise
+                self.fallbacks += 1
+                if self.fallbacks == 1:
+                    reason = " ".join(str(exc).split("\n")[1:]).strip() or str(exc)
+                    logger.warning("%s: compiled graph not usable for this call, running eagerly: %s", self.name, reason)
         return self.fn(*inputs)
+
+
+def _as_warmed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as compiled graphs are warmed up with: a contiguous inference tensor (call under inference_mode)."""
+    t = t.contiguous()
+    return t if t.is_inference() else t.clone()
