@@ -234,15 +234,26 @@ def test_compiled_mask_parser_runs_its_graph_on_facexlibs_input() -> None:
 
 @pytest.mark.slow
 def test_exact_enhancer_within_two_levels_of_the_plain_path(synthetic_checkpoints: Path) -> None:
-    """Exact-mode enhancement (faces one at a time, mask-only ParseNet) vs the plain path (faces batched, full
-    ParseNet), same seed: every pixel within 2 levels.  Full-size GFPGAN + ParseNet, two faces."""
+    """Exact-mode enhancement as the service runs it (GFPGAN and ParseNet compiled at load, faces one at a time,
+    mask-only ParseNet) vs the plain path (eager, faces batched, full ParseNet), same seed: every pixel within 2
+    levels.  Full-size GFPGAN + ParseNet, two faces; the compiled graphs must really have run."""
     from test_compose_enhance import _frames
 
     enhancer = FaceEnhancer(synthetic_checkpoints, "cpu", batch_size=2, upscale=2)
+    enhancer.compile("exact")
     frames, landmarks = _frames()
     per_frame = [[points] for points in landmarks]
-    new = enhancer.enhance(frames, landmarks=per_frame, generator=torch.Generator().manual_seed(3))
+    compiled = [enhancer._gfpgan_compiled["exact"], enhancer.parser._compiled["exact"]]
+    result: dict[str, np.ndarray] = {}
+
+    def run_exact() -> None:
+        result["new"] = enhancer.enhance(frames, landmarks=per_frame, generator=torch.Generator().manual_seed(3))
+
+    assert _runs_compiled_graph(run_exact)
+    assert [c.fallbacks for c in compiled] == [0, 0]
+    new = result["new"]
     enhancer.face_batch, enhancer.helper.face_parse = 2, enhancer.parser.net
+    enhancer._gfpgan_compiled.clear()  # the plain path: eager GFPGAN on the batch
     plain = enhancer.enhance(frames, landmarks=per_frame, generator=torch.Generator().manual_seed(3))
     assert new.shape == plain.shape == (2, 512, 512, 3)
     assert np.abs(new.astype(np.int16) - plain).max() <= 2

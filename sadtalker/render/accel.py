@@ -211,7 +211,9 @@ class StaticCompiled:
                 self.fallbacks += 1
                 if self.fallbacks == 1:
                     reason = " ".join(str(exc).split("\n")[1:]).strip() or str(exc)
-                    logger.warning("%s: compiled graph not usable for this call, running eagerly: %s", self.name, reason)
+                    logger.warning(
+                        "%s: compiled graph not usable for this call, running eagerly: %s", self.name, reason
+                    )
         return self.fn(*inputs)
 
 
