@@ -297,28 +297,39 @@ def time_call(fn: Callable[[], Any], repeats: int) -> list[float]:
     return out
 
 
+def eager_row(fn: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, Any]:
+    """FLOPs of ``fn`` and its eager fp32 / eager autocast timings."""
+    flops = count_flops(fn)
+    row: dict[str, Any] = {"gflop": flops / 1e9}
+
+    def reduced() -> Any:
+        with autocast(device, "fast"):
+            return fn()
+
+    for label, seconds in {"eager_fp32": time_call(fn, repeats), "eager_reduced": time_call(reduced, repeats)}.items():
+        row[label] = {
+            "min_s": min(seconds),
+            "median_s": statistics.median(seconds),
+            "gflops_per_s": flops / min(seconds) / 1e9,
+        }
+    return row
+
+
 def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> dict[str, Any]:
     """FLOPs per network and achieved GFLOP/s: eager fp32, eager bf16/fp16 autocast on the fp32 weights, fast
     mode's eager path, and compiled (if built)."""
     calls = network_calls(talker, case)
     device = talker.device
     result: dict[str, Any] = {}
-    for name, fn in calls.items():
-        flops = count_flops(fn)
-        row: dict[str, Any] = {"gflop": flops / 1e9}
-
-        def reduced(fn: Callable[[], Any] = fn) -> Any:
-            with autocast(device, "fast"):
-                return fn()
-
-        timings = {"eager_fp32": time_call(fn, repeats), "eager_reduced": time_call(reduced, repeats)}
-        for label, seconds in timings.items():
-            row[label] = {
-                "min_s": min(seconds),
-                "median_s": statistics.median(seconds),
-                "gflops_per_s": flops / min(seconds) / 1e9,
-            }
-        result[name] = row
+    compiled_objects_ = [c for c in compiled_objects(talker) if c.enabled]
+    for compiled_object in compiled_objects_:  # FLOPs and the eager columns: eager code, whatever was compiled
+        compiled_object.enabled = False
+    try:
+        eager_rows = {name: eager_row(fn, device, repeats) for name, fn in calls.items()}
+    finally:
+        for compiled_object in compiled_objects_:
+            compiled_object.enabled = True
+    result.update(eager_rows)
     # What fast mode runs eagerly (on CPU: the bf16 channels-last weight copies), compiled graphs switched off.
     renderer = talker.renderer(case.options)
     enhancer_: FaceEnhancer = talker.enhancer  # type: ignore[assignment]
@@ -363,11 +374,16 @@ def roofline(talker: SadTalker, case: Case, repeats: int, use_compile: bool) -> 
                 "parsenet_mask_only": lambda p=precision: enhancer.parser._compiled[p](face),
             }
             for name, fn in compiled.items():
+                before = sum(c.fallbacks for c in compiled_objects(talker))
                 seconds = time_call(fn, repeats)
+                fell_back = sum(c.fallbacks for c in compiled_objects(talker)) - before
+                if fell_back:  # an eager run timed as "compiled" would be a lie: say so
+                    print(f"roofline {name} compiled {precision}: {fell_back} calls ran eagerly", flush=True)
                 result[name][f"compiled_{precision}"] = {
                     "min_s": min(seconds),
                     "median_s": statistics.median(seconds),
                     "gflops_per_s": result[name]["gflop"] / min(seconds),
+                    "eager_fallbacks": fell_back,
                 }
     return result
 
