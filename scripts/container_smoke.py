@@ -198,6 +198,12 @@ class Server:
         """
         if self.process is None:
             return
+        if self.process.poll() is not None:  # it already exited (e.g. refused to start): report, don't signal
+            server_log = self.workdir / f"server-{self.runs}.log"
+            log(f"server had already exited with code {self.process.returncode}; see {server_log}")
+            self.process = None
+            subprocess.run(["buildah", "rm", self.container], env=self.env, capture_output=True)
+            return
         descendants = psutil.Process(self.process.pid).children(recursive=True)
         servers = [child for child in descendants if _is_serve(child)]
         pids = {server.pid for server in servers}

@@ -102,7 +102,20 @@ def preflight(config: ServingConfig, *, cuda_available: Callable[[], bool] | Non
     except CheckpointError as exc:
         hint = " (or point SADTALKER_CHECKPOINTS at the directory holding them)"
         raise StartupError(one_line(str(exc)) + hint) from None
+    check_compile_toolchain(config)
     return device
+
+
+def check_compile_toolchain(config: ServingConfig, python_include: str | None = None) -> None:
+    """With SADTALKER_COMPILE on, the machine can build torch.compile's kernels (else every worker would fail
+    in its constructor, after loading the models, and be restarted)."""
+    if not config.compile:
+        return
+    from sadtalker.render.accel import compile_toolchain_problem
+
+    problem = compile_toolchain_problem(python_include)
+    if problem:
+        raise StartupError(f"SADTALKER_COMPILE=1 but {problem}; or set SADTALKER_COMPILE=0 (eager, slower)")
 
 
 def check_store(config: ServingConfig) -> None:

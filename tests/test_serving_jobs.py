@@ -14,7 +14,7 @@ from test_serving_validation import make_config, write_png, write_wav
 from serving.config import ServingConfig
 from serving.jobs import JobNotFound, NotAccepting, QueueFull, RequestConflict
 from serving.metrics import JobMetrics
-from serving.runtime import Runtime, StartupError, assign_gpu, one_line, preflight
+from serving.runtime import Runtime, StartupError, assign_gpu, check_compile_toolchain, one_line, preflight
 from serving.schema import GenerateRequest
 from serving.store import JobState, StoreFull
 from serving.validation import RequestInvalid
@@ -207,6 +207,32 @@ def test_no_cuda_without_opt_in_refuses_to_start(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(StartupError, match="CUDA GPU not available"):
         preflight(config, cuda_available=lambda: False)
+
+
+def test_compiling_needs_a_cpp_compiler_and_python_headers(
+    tmp_path: Path, synthetic_checkpoints: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SADTALKER_COMPILE=1 where torch.compile cannot build its kernels (a slim image without Python's headers or
+    g++) stops `serve` in one line before any worker loads models; with compiling off there is nothing to check."""
+    import torch._inductor.config as inductor_config
+
+    config = dataclasses.replace(make_config(tmp_path, allow_cpu=True), checkpoint_dir=synthetic_checkpoints)
+    assert config.compile
+    assert preflight(config, cuda_available=lambda: False) == "cpu"  # this machine has both (the suite compiles)
+    no_headers = tmp_path / "include"
+    no_headers.mkdir()
+    with pytest.raises(StartupError, match=r"SADTALKER_COMPILE=1 but Python's C headers are missing") as info:
+        check_compile_toolchain(config, python_include=str(no_headers))
+    message = str(info.value)
+    assert f"{no_headers}/Python.h" in message and "python3.11-dev" in message and "SADTALKER_COMPILE=0" in message
+    assert "\n" not in message
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    with pytest.raises(
+        StartupError, match=r"SADTALKER_COMPILE=1 but no C\+\+ compiler for torch.compile .*install g\+\+"
+    ):
+        check_compile_toolchain(config)
+    eager = dataclasses.replace(config, compile=False)
+    check_compile_toolchain(eager, python_include=str(no_headers))  # nothing to build: no error
 
 
 def test_cuda_is_used_when_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

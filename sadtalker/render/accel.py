@@ -136,6 +136,32 @@ def compile_from_env(default: bool) -> bool:
     raise ValueError(f"{COMPILE_ENV}={raw!r} is not a boolean (use 1 or 0)")
 
 
+def compile_toolchain_problem(python_include: str | None = None) -> str | None:
+    """Why torch.compile cannot build kernels here, or None when it can.
+
+    Inductor writes C++ (CPU kernels; on CUDA, Triton's launcher is C too) and builds it with the system's C++
+    compiler against Python's headers.  A slim image lacking either fails the first compilation at load with a
+    long traceback; checked up front, it is one line.  ``python_include``: where Python.h should be (default:
+    this interpreter's include directory).
+    """
+    import sysconfig
+
+    from torch._inductor import cpp_builder
+
+    try:
+        compiler = cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # noqa: BLE001  (inductor raises several kinds when no compiler is found)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no C++ compiler for torch.compile ({first}); install g++"
+    include = python_include or sysconfig.get_paths()["include"]
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        return (
+            f"Python's C headers are missing ({include}/Python.h), which torch.compile builds its kernels against "
+            f"(with {compiler}); install the Python development headers (Debian: python3.11-dev)"
+        )
+    return None
+
+
 def configure_inductor() -> None:
     """Inductor settings for inference graphs: weights frozen as constants (convolutions prepacked by oneDNN,
     batch norms folded, activations fused into the convolutions)."""
