@@ -209,9 +209,7 @@ def test_no_cuda_without_opt_in_refuses_to_start(tmp_path: Path) -> None:
         preflight(config, cuda_available=lambda: False)
 
 
-def test_compiling_needs_a_cpp_compiler_and_python_headers(
-    tmp_path: Path, synthetic_checkpoints: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_compiling_needs_a_cpp_compiler_and_python_headers(tmp_path: Path, synthetic_checkpoints: Path) -> None:
     """SADTALKER_COMPILE=1 where torch.compile cannot build its kernels (a slim image without Python's headers or
     g++) stops `serve` in one line before any worker loads models; with compiling off there is nothing to check."""
     import torch._inductor.config as inductor_config
@@ -226,9 +224,11 @@ def test_compiling_needs_a_cpp_compiler_and_python_headers(
     message = str(info.value)
     assert f"{no_headers}/Python.h" in message and "python3.11-dev" in message and "SADTALKER_COMPILE=0" in message
     assert "\n" not in message
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
-    with pytest.raises(
-        StartupError, match=r"SADTALKER_COMPILE=1 but no C\+\+ compiler for torch.compile .*install g\+\+"
+    with (
+        inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}),
+        pytest.raises(
+            StartupError, match=r"SADTALKER_COMPILE=1 but no C\+\+ compiler for torch.compile .*install g\+\+"
+        ),
     ):
         check_compile_toolchain(config)
     eager = dataclasses.replace(config, compile=False)
