@@ -59,9 +59,10 @@ def resolve_factory(spec: str | None) -> PipelineFactory:
 
 def build_pipeline(config: ServingConfig, device: str) -> Pipeline:
     """Load every model once (the expensive part of start-up)."""
-    factory = resolve_factory(config.pipeline_factory)
-    # Compiled kernels persist on the state volume, so a restart reloads them instead of recompiling.
+    # Compiled kernels persist on the state volume, so a restart reloads them instead of recompiling.  Set before
+    # the factory's module is imported: importing it imports inductor, which fills in its own default (/tmp).
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.state_dir / "inductor"))
+    factory = resolve_factory(config.pipeline_factory)
     return factory(
         config.checkpoint_dir,
         device,

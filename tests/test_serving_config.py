@@ -102,3 +102,29 @@ def test_gpu_count_and_database_url() -> None:
     assert ServingConfig.from_env({}).database_url is None  # SQLite in the state dir
     url = "postgresql://sadtalker:secret@db.internal:5432/sadtalker"
     assert ServingConfig.from_env({"SADTALKER_DATABASE_URL": url}).database_url == url
+
+
+def test_inductor_kernel_cache_goes_to_the_state_volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels compiled at start-up land in <state dir>/inductor, so a restarted container reloads them. Importing
+    the real factory's module imports inductor, which sets TORCHINDUCTOR_CACHE_DIR to its own /tmp default when it
+    is unset: the state-volume default must be in place before that import (it once was not: every start recompiled,
+    ~6 min in the image)."""
+    from serving import pipeline_factory
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    seen: dict[str, str | None] = {}
+
+    def factory(*args: object, **kwargs: object) -> object:
+        seen["cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        return object()
+
+    def resolve(path: str | None) -> object:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_default")  # what importing inductor does
+        return factory
+
+    monkeypatch.setattr(pipeline_factory, "resolve_factory", resolve)
+    config = ServingConfig(
+        checkpoint_dir=tmp_path / "ckpt", output_dir=tmp_path / "out", state_dir=tmp_path / "state", input_dirs=()
+    )
+    pipeline_factory.build_pipeline(config, "cpu")
+    assert seen["cache_dir"] == str(tmp_path / "state" / "inductor")
