@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from sadtalker.audio import FPS, compute_audio_features  # noqa: E402
 from sadtalker.compose.enhance import FaceEnhancer, _stored_noise, gfpgan_forward  # noqa: E402
+from sadtalker.face.align import five_points  # noqa: E402
 from sadtalker.face.source import SourceFace  # noqa: E402
 from sadtalker.media import load_audio, load_image  # noqa: E402
 from sadtalker.options import GenerateOptions  # noqa: E402
@@ -198,17 +199,11 @@ def load_case(talker: SadTalker, preset: str, frames: int) -> Case:
     semantics = talker.semantics(motion, face, options)
     semantics = RenderSemantics(semantics.source, semantics.target[:frames])
     if preset == "full":  # the enhancer sees the whole photo, the face pasted back
-        points = five_points(face.landmarks_orig)
+        assert face.landmarks_orig is not None
+        points = five_points(face.landmarks_orig).astype(np.float32)
     else:  # the enhancer sees the rendered crop
-        points = five_points(face.landmarks_crop) * (SIZE / face.crop.crop_image.shape[1])
+        points = (five_points(face.landmarks_crop) * (SIZE / face.crop.crop_image.shape[1])).astype(np.float32)
     return Case(preset, image, wav[: int(frames / FPS * 16000) + 1], face, semantics, options, points)
-
-
-def five_points(landmarks_68: np.ndarray | None) -> np.ndarray:
-    """FFHQ-style 5 points (eye centres, nose tip, mouth corners) from 68 landmarks."""
-    assert landmarks_68 is not None
-    lm = np.asarray(landmarks_68, np.float32).reshape(68, 2)
-    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]]).astype(np.float32)
 
 
 def inject_case_face(enhancer: FaceEnhancer, current: dict[str, np.ndarray]) -> None:

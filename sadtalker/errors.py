@@ -15,6 +15,7 @@ kind                  class                meaning
 ``audio_too_short``   AudioTooShortError   shorter than one video frame
 ``audio_too_long``    AudioTooLongError    longer than the configured cap
 ``render``            RenderError          rendering or encoding failed (not the inputs' fault)
+``compile``           CompileUnavailableError  compile=True but torch.compile cannot build kernels here
 ``checkpoint``        CheckpointError      a checkpoint file is missing, unreadable or does not match
 ``checkpoint_pickle`` PickleRefusedError   a checkpoint pickles objects ``weights_only`` loading refuses
 ``download``          DownloadError        a checkpoint file could not be downloaded
@@ -83,6 +84,12 @@ class RenderError(SadTalkerError):
     """Rendering or encoding failed for a reason that is not the inputs' fault (e.g. ffmpeg failed)."""
 
     kind: ClassVar[str] = "render"
+
+
+class CompileUnavailableError(SadTalkerError, RuntimeError):
+    """``compile=True`` on a machine where torch.compile cannot build kernels (no C++ compiler or Python headers)."""
+
+    kind: ClassVar[str] = "compile"
 
 
 class CheckpointError(SadTalkerError, RuntimeError):

@@ -40,7 +40,7 @@ from sadtalker.contracts import (
     StopCheck,
     check_landmarks,
 )
-from sadtalker.errors import InputError
+from sadtalker.errors import CompileUnavailableError, InputError
 from sadtalker.face.detect import FaceLandmarker
 from sadtalker.face.reference import ReferenceVideo, reference_coefficients
 from sadtalker.face.source import SourceFace, prepare_source
@@ -51,7 +51,13 @@ from sadtalker.motion.coefficients import MotionResult, predict_motion
 from sadtalker.motion.freeview import pose_override
 from sadtalker.motion.reference import apply_reference_pose, reference_expression
 from sadtalker.options import GenerateOptions, Preset
-from sadtalker.render.accel import Precision, check_precision, configure_inductor, default_render_batch
+from sadtalker.render.accel import (
+    Precision,
+    check_precision,
+    compile_toolchain_problem,
+    configure_inductor,
+    default_render_batch,
+)
 from sadtalker.render.renderer import PoseOverride, Renderer, frames_to_uint8
 from sadtalker.render.windows import RenderSemantics, build_semantics
 
@@ -169,6 +175,9 @@ class SadTalker:
         self.precision: Precision = check_precision(precision)
         self.compiled = compile
         self._render_batches: dict[int, int] = {}  # default frames per render batch, per size (fixed once)
+        if compile and (problem := compile_toolchain_problem()):
+            # Before the models load: otherwise the first compilation fails minutes later with a C++ traceback.
+            raise CompileUnavailableError(f"compile=True but {problem}; or load with compile=False (eager, slower)")
         started = time.perf_counter()
         self.models: dict[int, SizeModels] = {
             size: load_size_models(self.checkpoint_dir, size, self.device, (CROP_COEFFS, FULL_COEFFS))

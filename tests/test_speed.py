@@ -347,3 +347,19 @@ def test_compiled_fast_renderer_matches_eager_fast(synthetic_checkpoints: Path) 
     # bf16: the two paths round differently; as close as fast mode must be to exact (>= 35 dB).
     mse = torch.mean((frames.double() - eager.double()) ** 2).item()
     assert 10 * np.log10(1 / max(mse, 1e-20)) >= MIN_MEAN_PSNR_DB
+
+
+def test_compile_without_a_toolchain_fails_before_loading_models(
+    synthetic_checkpoints: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library (CLI included) refuses compile=True up front, in one line, when torch.compile cannot build
+    kernels; the service's start-up check uses the same probe (tests/test_serving_jobs.py)."""
+    import sadtalker.pipeline
+    from sadtalker.errors import CompileUnavailableError
+
+    loaded: list[int] = []
+    monkeypatch.setattr(sadtalker.pipeline, "load_size_models", lambda *args, **kwargs: loaded.append(1))
+    monkeypatch.setattr(sadtalker.pipeline, "compile_toolchain_problem", lambda: "Python's C headers are missing")
+    with pytest.raises(CompileUnavailableError, match="compile=True but Python's C headers are missing; or load"):
+        SadTalker(synthetic_checkpoints, "cpu", sizes=(256,), enhancer=False, face_detection=False, compile=True)
+    assert loaded == []  # nothing loaded before the refusal
